@@ -1,0 +1,181 @@
+//! A cached answer and the clock arithmetic that decides how it may be used.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::policy::Freshness;
+
+/// One stored upstream answer, with everything needed to serve it, to judge its age and to
+/// revalidate it.
+#[derive(Debug, Clone)]
+pub struct CachedResponse {
+    /// Upstream status.
+    pub status: StatusCode,
+    /// Upstream headers without hop-by-hop headers, `Vary` merged into one line.
+    pub headers: HeaderMap,
+    /// The complete body.
+    pub body: Bytes,
+    /// When the answer (or its last 304) was received.
+    pub response_time: SystemTime,
+    /// Age the answer already had when received (from `Age` / `Date`).
+    pub initial_age: Duration,
+    /// Freshness and stale windows, decided at store time.
+    pub freshness: Freshness,
+    /// The request header values named by `Vary` (beyond those in the key), as sent when
+    /// the entry was fetched; a request with other values does not match.
+    pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// The invalidation key of the entry's path.
+    pub path_key: String,
+}
+
+impl CachedResponse {
+    /// When it stops being fresh.
+    pub fn fresh_until(&self) -> SystemTime {
+        self.response_time + self.freshness.fresh_for
+    }
+
+    /// Fresh: may be served without asking upstream.
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        now < self.fresh_until()
+    }
+
+    /// Stale but inside `stale-while-revalidate`: serve it and revalidate in the background.
+    pub fn within_stale_while_revalidate(&self, now: SystemTime) -> bool {
+        now < self.fresh_until() + self.freshness.stale_while_revalidate
+    }
+
+    /// Stale but inside `stale-if-error`: serve it when upstream fails.
+    pub fn within_stale_if_error(&self, now: SystemTime) -> bool {
+        now < self.fresh_until() + self.freshness.stale_if_error
+    }
+
+    /// When the store may forget it: the longest of the stale windows and the retention for
+    /// revalidation.
+    pub fn expires_at(&self) -> SystemTime {
+        self.fresh_until() + self.freshness.keep_stale_for
+    }
+
+    /// How long from `now` the store should keep it.
+    pub fn time_to_keep(&self, now: SystemTime) -> Duration {
+        self.expires_at().duration_since(now).unwrap_or(Duration::ZERO)
+    }
+
+    /// The `Age` to send with it at `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)
+    }
+
+    /// The strong or weak entity tag, if upstream sent one.
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(http::header::ETAG)
+    }
+
+    /// `Last-Modified`, if upstream sent it.
+    pub fn last_modified(&self) -> Option<&HeaderValue> {
+        self.headers.get(http::header::LAST_MODIFIED)
+    }
+
+    /// Whether a request's header values match the ones this entry was fetched with.
+    pub fn vary_matches(&self, request: &HeaderMap) -> bool {
+        self.vary.iter().all(|(name, value)| request.get(name) == value.as_ref())
+    }
+
+    /// Approximate bytes held, for the store's size bound.
+    pub fn weight(&self) -> usize {
+        let headers: usize =
+            self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+        self.body.len() + headers + self.path_key.len() + 256
+    }
+
+    /// Whether a client's own conditional headers are satisfied by this entry, so the client
+    /// can be answered 304 (RFC 9110 §13.2.2: `If-None-Match` wins over `If-Modified-Since`).
+    pub fn satisfies_conditional(&self, request: &HeaderMap) -> bool {
+        if let Some(inm) = request.get(http::header::IF_NONE_MATCH) {
+            let Some(etag) = self.etag().and_then(|e| e.to_str().ok()) else { return false };
+            let Ok(inm) = inm.to_str() else { return false };
+            return inm.split(',').map(str::trim).any(|tag| tag == "*" || weak_eq(tag, etag));
+        }
+        if let Some(ims) = request.get(http::header::IF_MODIFIED_SINCE) {
+            let parse = |v: &HeaderValue| v.to_str().ok().and_then(|s| httpdate::parse_http_date(s).ok());
+            if let (Some(since), Some(modified)) = (parse(ims), self.last_modified().and_then(parse)) {
+                return modified <= since;
+            }
+        }
+        false
+    }
+}
+
+/// Weak comparison of entity tags (RFC 9110 §8.8.3.2): `W/"x"` equals `"x"`.
+pub fn weak_eq(a: &str, b: &str) -> bool {
+    a.trim_start_matches("W/") == b.trim_start_matches("W/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(headers: &[(&str, &str)]) -> CachedResponse {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        CachedResponse {
+            status: StatusCode::OK,
+            headers: h,
+            body: Bytes::from_static(b"{}"),
+            response_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
+            initial_age: Duration::from_secs(2),
+            freshness: Freshness {
+                fresh_for: Duration::from_secs(60),
+                stale_while_revalidate: Duration::from_secs(10),
+                stale_if_error: Duration::from_secs(100),
+                keep_stale_for: Duration::from_secs(3600),
+            },
+            vary: vec![],
+            path_key: "/x".into(),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn req(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn windows_follow_the_clock() {
+        let e = entry(&[]);
+        assert!(e.is_fresh(at(1059)));
+        assert!(!e.is_fresh(at(1060)));
+        assert!(e.within_stale_while_revalidate(at(1069)));
+        assert!(!e.within_stale_while_revalidate(at(1070)));
+        assert!(e.within_stale_if_error(at(1159)));
+        assert!(!e.within_stale_if_error(at(1160)));
+        assert_eq!(e.age(at(1010)), Duration::from_secs(12));
+        assert_eq!(e.time_to_keep(at(1060)), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn conditional_requests_compare_weakly_and_prefer_etags() {
+        let e = entry(&[("etag", "W/\"abc\""), ("last-modified", "Tue, 15 Nov 1994 12:45:26 GMT")]);
+        assert!(e.satisfies_conditional(&req(&[("if-none-match", "\"abc\"")])));
+        assert!(e.satisfies_conditional(&req(&[("if-none-match", "\"zzz\", W/\"abc\"")])));
+        assert!(!e.satisfies_conditional(&req(&[("if-none-match", "\"zzz\"")])));
+        // If-None-Match present and not matching: If-Modified-Since is ignored.
+        assert!(!e.satisfies_conditional(&req(&[
+            ("if-none-match", "\"zzz\""),
+            ("if-modified-since", "Tue, 15 Nov 1994 12:45:26 GMT")
+        ])));
+        assert!(e.satisfies_conditional(&req(&[("if-modified-since", "Wed, 16 Nov 1994 12:45:26 GMT")])));
+        assert!(!e.satisfies_conditional(&req(&[("if-modified-since", "Mon, 14 Nov 1994 12:45:26 GMT")])));
+        assert!(!e.satisfies_conditional(&HeaderMap::new()));
+    }
+}

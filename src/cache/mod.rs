@@ -1,0 +1,81 @@
+//! The response cache's rules: how a request becomes a key, what an entry holds, and when an
+//! entry may be served. Storage lives in [`crate::store`]; the request path that uses these
+//! rules lives in [`crate::pipeline`].
+
+pub mod entry;
+pub mod key;
+pub mod policy;
+
+pub use entry::CachedResponse;
+pub use key::CacheKey;
+pub use policy::{Freshness, FreshnessPolicy};
+
+/// How an answer came about; sent to clients as `x-ghgate-cache` and counted in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Served from a fresh entry; upstream not asked.
+    Hit,
+    /// Fetched from upstream (and stored when storable).
+    Miss,
+    /// A stale entry revalidated upstream with a free 304.
+    Revalidated,
+    /// A stale entry served without a successful upstream answer.
+    Stale,
+    /// Shared the answer of a concurrent identical request.
+    Coalesced,
+    /// Answered from the negative cache.
+    Negative,
+    /// Not cacheable: passed through.
+    Bypass,
+}
+
+impl Outcome {
+    /// Every outcome, for pre-registering metrics.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Hit,
+        Outcome::Miss,
+        Outcome::Revalidated,
+        Outcome::Stale,
+        Outcome::Coalesced,
+        Outcome::Negative,
+        Outcome::Bypass,
+    ];
+
+    /// The `x-ghgate-cache` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "HIT",
+            Outcome::Miss => "MISS",
+            Outcome::Revalidated => "REVALIDATED",
+            Outcome::Stale => "STALE",
+            Outcome::Coalesced => "COALESCED",
+            Outcome::Negative => "NEGATIVE",
+            Outcome::Bypass => "BYPASS",
+        }
+    }
+
+    /// Whether this answer spent no rate-limit unit upstream.
+    pub fn saved_a_unit(self) -> bool {
+        !matches!(self, Outcome::Miss | Outcome::Bypass)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A value per outcome, indexed without hashing (the hit path uses it).
+#[derive(Debug, Clone)]
+pub struct PerOutcome<T>([T; 7]);
+
+impl<T> PerOutcome<T> {
+    /// Builds one value per outcome.
+    pub fn new(mut make: impl FnMut(Outcome) -> T) -> Self {
+        PerOutcome(Outcome::ALL.map(&mut make))
+    }
+
+    /// The value of `outcome`.
+    pub fn get(&self, outcome: Outcome) -> &T {
+        &self.0[outcome.index()]
+    }
+}

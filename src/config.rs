@@ -1,0 +1,631 @@
+//! Typed settings: defaults, then a TOML file, then `GHGATE_<SECTION>__<KEY>` environment
+//! variables, then command-line flags — each layer wins over the one before.
+//!
+//! Every failure names the key that is wrong and where its value came from, because an
+//! operator staring at a crash-looping pod has nothing else to go on.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+use crate::path_pattern::PathPattern;
+
+/// Everything ghgate can be told, grouped the way the TOML file is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Listeners and request-level identity settings.
+    pub server: ServerSettings,
+    /// Where GitHub is and how patiently to talk to it.
+    pub upstream: UpstreamSettings,
+    /// What is cached and for how long.
+    pub cache: CacheSettings,
+    /// Where state lives.
+    pub store: StoreSettings,
+    /// How logs look.
+    pub log: LogSettings,
+}
+
+/// `[server]`: listeners, the public address clients use, and the deployment secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// The proxy listener; loopback by default so nothing is exposed by accident.
+    pub listen: SocketAddr,
+    /// The admin listener (metrics, health); kept apart so it is never exposed with the proxy.
+    pub admin_listen: SocketAddr,
+    /// The base URL clients reach the gateway at, used to rewrite `Link` and `Location`.
+    /// When unset it is derived from each request's `Host` (or a trusted proxy's `Forwarded`).
+    #[serde(deserialize_with = "de_opt_url")]
+    pub public_url: Option<Url>,
+    /// Peers whose `Forwarded` / `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Key for the credential partition hash. Generated and kept in `store.data_dir` when unset.
+    #[serde(deserialize_with = "de_opt_string", serialize_with = "ser_redacted")]
+    pub secret: Option<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            secret: None,
+        }
+    }
+}
+
+/// `[upstream]`: the GitHub API base URL and time limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    /// Base URL of the API; for GitHub Enterprise Server it ends in `/api/v3`.
+    pub url: Url,
+    /// Longest time to wait for an upstream answer's headers and for each body chunk.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Longest time to wait for a TCP + TLS connection.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            url: Url::parse("https://api.github.com").expect("static URL"),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[cache]`: the response cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Off turns ghgate into a plain forwarding proxy (every answer is `BYPASS`).
+    pub enabled: bool,
+    /// Upper bound of the in-memory store, weighted by entry size.
+    #[serde(with = "size")]
+    pub max_bytes: u64,
+    /// Bodies larger than this are streamed through and never cached.
+    #[serde(with = "size")]
+    pub max_body_bytes: u64,
+    /// How long an entry is kept after it went stale, so it can still be revalidated for free.
+    #[serde(with = "duration")]
+    pub retain_stale: Duration,
+    /// RFC 5861 window in which a stale entry is served at once while one background
+    /// revalidation runs. Zero turns it off.
+    #[serde(with = "duration")]
+    pub stale_while_revalidate: Duration,
+    /// RFC 5861 window in which a stale entry is served when upstream fails.
+    #[serde(with = "duration")]
+    pub stale_if_error: Duration,
+    /// Path prefixes that are never cached (always `BYPASS`).
+    pub bypass_paths: Vec<String>,
+    /// Per-path freshness overrides; the first matching rule wins.
+    pub rules: Vec<FreshnessRule>,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes: 256 * 1024 * 1024,
+            max_body_bytes: 8 * 1024 * 1024,
+            retain_stale: Duration::from_secs(24 * 3600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::from_secs(300),
+            bypass_paths: vec!["/rate_limit".into(), "/graphql".into()],
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// `[[cache.rules]]`: freshness bounds for the paths matching a pattern.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreshnessRule {
+    /// Pattern such as `/repos/{owner}/{repo}/contents/**`; `{x}` and `*` match one
+    /// segment, a final `**` matches the rest.
+    pub path: PathPattern,
+    /// Serve at least this long without revalidating, whatever upstream says
+    /// (unless upstream says `no-cache`, `no-store` or the answer is not storable).
+    #[serde(default, with = "opt_duration")]
+    pub min_fresh: Option<Duration>,
+    /// Never serve longer than this without revalidating.
+    #[serde(default, with = "opt_duration")]
+    pub max_fresh: Option<Duration>,
+    /// Overrides `cache.stale_while_revalidate` for these paths.
+    #[serde(default, with = "opt_duration")]
+    pub stale_while_revalidate: Option<Duration>,
+    /// Overrides `cache.stale_if_error` for these paths.
+    #[serde(default, with = "opt_duration")]
+    pub stale_if_error: Option<Duration>,
+}
+
+/// `[store]`: where state lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Which backend holds cached answers.
+    pub backend: StoreBackend,
+    /// Directory for state that must survive restarts (the generated secret).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self { backend: StoreBackend::Memory, data_dir: PathBuf::from("./ghgate-data") }
+    }
+}
+
+/// The store backends this build knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Bounded in-process memory; lost on restart.
+    Memory,
+}
+
+/// `[log]`: log format and filter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `ghgate=debug,info`; `RUST_LOG` wins when set.
+    #[serde(deserialize_with = "de_string")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Values given on the command line; they win over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`
+    pub admin_listen: Option<SocketAddr>,
+    /// `--upstream`
+    pub upstream: Option<Url>,
+}
+
+/// A settings problem, already phrased for the operator: `key: what is wrong (where from)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, such as `cache.max_bytes`; empty when the problem is not about one key.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All problems found in one load, so an operator fixes them in one go.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "invalid setting {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Settings {
+    /// Loads defaults, then `file` (which must exist when given), then the environment,
+    /// then `overrides`, and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigErrors> {
+        Self::load_from(file, "GHGATE_", overrides)
+    }
+
+    /// Like [`Settings::load`] with another environment prefix (tests use this).
+    pub fn load_from(
+        file: Option<&Path>,
+        env_prefix: &str,
+        overrides: &Overrides,
+    ) -> Result<Settings, ConfigErrors> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigErrors(vec![ConfigError {
+                    key: String::new(),
+                    message: format!("config file {} does not exist or is not a file", path.display()),
+                }]));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(RawEnv { prefix: env_prefix.to_string() });
+        // Lossy: `GHGATE_CACHE__ENABLED=false` is a string that means a bool.
+        let mut settings: Settings = figment.extract_lossy().map_err(figment_errors)?;
+        if let Some(listen) = overrides.listen {
+            settings.server.listen = listen;
+        }
+        if let Some(admin) = overrides.admin_listen {
+            settings.server.admin_listen = admin;
+        }
+        if let Some(upstream) = &overrides.upstream {
+            settings.upstream.url = upstream.clone();
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot: relations between keys and allowed URL schemes.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            errors.push(ConfigError { key: key.into(), message });
+        };
+        let up = &self.upstream.url;
+        if !matches!(up.scheme(), "http" | "https") {
+            bad("upstream.url", format!("scheme must be http or https, got {:?}", up.scheme()));
+        }
+        if up.query().is_some() || up.fragment().is_some() {
+            bad("upstream.url", "must not carry a query or fragment".into());
+        }
+        if up.host_str().is_none() {
+            bad("upstream.url", "must name a host".into());
+        }
+        if !up.username().is_empty() || up.password().is_some() {
+            bad("upstream.url", "must not carry credentials".into());
+        }
+        if let Some(public) = &self.server.public_url {
+            if !matches!(public.scheme(), "http" | "https") || public.host_str().is_none() {
+                bad("server.public_url", format!("must be an http(s) URL with a host, got {public}"));
+            }
+        }
+        if self.server.listen == self.server.admin_listen {
+            bad("server.admin_listen", "must differ from server.listen".into());
+        }
+        if let Some(secret) = &self.server.secret {
+            if secret.len() < 16 {
+                bad("server.secret", "must be at least 16 characters".into());
+            }
+        }
+        if self.upstream.timeout.is_zero() {
+            bad("upstream.timeout", "must be greater than zero".into());
+        }
+        if self.upstream.connect_timeout.is_zero() {
+            bad("upstream.connect_timeout", "must be greater than zero".into());
+        }
+        if self.cache.max_bytes == 0 {
+            bad("cache.max_bytes", "must be greater than zero".into());
+        }
+        if self.cache.max_body_bytes > self.cache.max_bytes {
+            bad("cache.max_body_bytes", "must not exceed cache.max_bytes".into());
+        }
+        for (i, prefix) in self.cache.bypass_paths.iter().enumerate() {
+            if !prefix.starts_with('/') {
+                bad(&format!("cache.bypass_paths[{i}]"), format!("must start with '/', got {prefix:?}"));
+            }
+        }
+        for (i, rule) in self.cache.rules.iter().enumerate() {
+            if let (Some(min), Some(max)) = (rule.min_fresh, rule.max_fresh) {
+                if min > max {
+                    bad(&format!("cache.rules[{i}].min_fresh"), "must not exceed max_fresh".into());
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+    }
+
+    /// The freshness rule for a path, if any.
+    pub fn rule_for(&self, path: &str) -> Option<&FreshnessRule> {
+        self.cache.rules.iter().find(|r| r.path.matches(path).is_some())
+    }
+}
+
+/// Environment variables as figment values, kept as the exact strings they are.
+///
+/// figment's own `Env` parses values, so a secret such as `0123` or `1e5` would arrive as a
+/// number and lose its text; here every value stays a string and the lossy extraction turns
+/// it into a bool or number only where a field asks for one.
+struct RawEnv {
+    prefix: String,
+}
+
+impl figment::Provider for RawEnv {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("environment variable(s) {}*", self.prefix))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::value::{Dict, Value};
+        let mut root = Dict::new();
+        for (name, value) in std::env::vars() {
+            let Some(rest) = name.strip_prefix(&self.prefix) else { continue };
+            // Only `SECTION__KEY` variables are settings; `GHGATE_CONFIG` and friends are not.
+            if !rest.contains("__") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let mut dict = &mut root;
+            for part in &path[..path.len() - 1] {
+                let entry =
+                    dict.entry(part.clone()).or_insert_with(|| Value::from(Dict::new()));
+                if !matches!(entry, Value::Dict(..)) {
+                    *entry = Value::from(Dict::new());
+                }
+                let Value::Dict(_, inner) = entry else { unreachable!("made a dict above") };
+                dict = inner;
+            }
+            dict.insert(path[path.len() - 1].clone(), Value::from(value));
+        }
+        Ok(figment::Profile::Default.collect(root))
+    }
+}
+
+fn figment_errors(err: figment::Error) -> ConfigErrors {
+    ConfigErrors(
+        err.into_iter()
+            .map(|e| {
+                let from = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| match &m.source {
+                        Some(src) => format!(" (from {} {src})", m.name),
+                        None => format!(" (from {})", m.name),
+                    })
+                    .unwrap_or_default();
+                ConfigError { key: e.path.join("."), message: format!("{}{from}", e.kind) }
+            })
+            .collect(),
+    )
+}
+
+// ---- value formats -------------------------------------------------------------------------
+
+/// Parses `"30s"`, `"5m"`, `"24h"` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("expected a duration such as \"30s\" or \"24h\", got {text:?} ({e})"))
+}
+
+/// Parses `"256MiB"`, `"10MB"`, `"512KiB"` or a bare number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let num: u64 =
+        num.parse().map_err(|_| format!("expected a size such as \"256MiB\", got {text:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {text:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+    };
+    num.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// A number or a string, as figment may hand either for the same key (environment values
+/// that look numeric arrive as numbers).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Int(u64),
+    Float(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn into_text(self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Text(s) => s,
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Scalar::deserialize(d)?.into_text())
+}
+
+fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = Option::<Scalar>::deserialize(d)?.map(Scalar::into_text);
+    Ok(text.filter(|s| !s.is_empty()))
+}
+
+fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
+    match de_opt_string(d)? {
+        None => Ok(None),
+        Some(s) => Url::parse(&s).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!("expected a URL such as https://ghgate.example.com, got {s:?} ({e})"))
+        }),
+    }
+}
+
+fn ser_redacted<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    // Serialisation only feeds figment's defaults layer; a secret is never a default.
+    match v {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+mod duration {
+    use super::*;
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse_duration(&Scalar::deserialize(d)?.into_text()).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    use super::*;
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(&humantime::format_duration(*v).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<Scalar>::deserialize(d)? {
+            None => Ok(None),
+            Some(v) => parse_duration(&v.into_text()).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod size {
+    use super::*;
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        parse_size(&Scalar::deserialize(d)?.into_text()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Settings, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ghgate.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load_from(Some(&path), "GHGATE_TEST_NOTHING_", &Overrides::default())
+    }
+
+    fn first_key(r: Result<Settings, ConfigErrors>) -> String {
+        r.unwrap_err().0[0].key.clone()
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_memory() {
+        let s = Settings::default();
+        assert!(s.server.listen.ip().is_loopback());
+        assert!(s.server.admin_listen.ip().is_loopback());
+        assert_eq!(s.upstream.url.as_str(), "https://api.github.com/");
+        assert_eq!(s.store.backend, StoreBackend::Memory);
+        assert_eq!(s.cache.max_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_in_human_units() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("10 MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        assert_eq!(first_key(load_toml("[cache]\nmax_bytes = \"lots\"\n")), "cache.max_bytes");
+        assert_eq!(first_key(load_toml("[server]\nlisten = \"nowhere\"\n")), "server.listen");
+        assert_eq!(first_key(load_toml("[upstream]\nurl = \"ftp://x\"\n")), "upstream.url");
+        assert_eq!(first_key(load_toml("[store]\nbackend = \"floppy\"\n")), "store.backend");
+    }
+
+    #[test]
+    fn an_unknown_key_is_rejected_by_name() {
+        let err = load_toml("[cache]\nmax_byte = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_byte"), "{err}");
+    }
+
+    #[test]
+    fn min_fresh_above_max_fresh_is_rejected() {
+        let toml = "[[cache.rules]]\npath = \"/repos/**\"\nmin_fresh = \"5m\"\nmax_fresh = \"1m\"\n";
+        assert_eq!(first_key(load_toml(toml)), "cache.rules[0].min_fresh");
+    }
+
+    #[test]
+    fn a_rule_with_a_bad_pattern_is_rejected() {
+        let toml = "[[cache.rules]]\npath = \"repos/**/x\"\n";
+        let err = load_toml(toml).unwrap_err();
+        assert!(err.0[0].key.starts_with("cache.rules"), "{err}");
+    }
+
+    #[test]
+    fn environment_wins_over_file_and_numeric_strings_are_accepted() {
+        // SAFETY: this test owns these uniquely named variables.
+        unsafe {
+            std::env::set_var("GHGATE_T1_SERVER__SECRET", "0123456789012345");
+            std::env::set_var("GHGATE_T1_CACHE__ENABLED", "false");
+            std::env::set_var("GHGATE_T1_CACHE__MAX_BYTES", "1MiB");
+            std::env::set_var("GHGATE_T1_CONFIG", "ignored, not a setting");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ghgate.toml");
+        std::fs::write(&path, "[cache]\nmax_bytes = \"2MiB\"\nmax_body_bytes = \"1KiB\"\n").unwrap();
+        let s = Settings::load_from(Some(&path), "GHGATE_T1_", &Overrides::default()).unwrap();
+        assert_eq!(s.cache.max_bytes, 1 << 20);
+        assert!(!s.cache.enabled);
+        // A numeric-looking secret keeps its exact text, leading zero included.
+        assert_eq!(s.server.secret.as_deref(), Some("0123456789012345"));
+    }
+
+    #[test]
+    fn flags_win_over_everything() {
+        let o = Overrides {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            admin_listen: None,
+            upstream: Some(Url::parse("http://127.0.0.1:2/api/v3").unwrap()),
+        };
+        let s = Settings::load_from(None, "GHGATE_TEST_NOTHING_", &o).unwrap();
+        assert_eq!(s.server.listen.port(), 1);
+        assert_eq!(s.upstream.url.path(), "/api/v3");
+    }
+}

@@ -1,0 +1,190 @@
+//! Who is asking: the credential partition a request belongs to.
+//!
+//! A partition is a keyed hash of the credential, never the credential itself, so it can be
+//! put in cache keys, logs and metrics. Everything cached is stored under exactly one
+//! partition and served only to requests of that partition.
+
+use std::fmt;
+use std::path::Path;
+
+use hmac::{Hmac, KeyInit, Mac};
+use http::HeaderMap;
+use sha2::Sha256;
+
+/// The partition of every request without credentials. It is a shared cache: answers marked
+/// `private` are never stored in it.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A credential partition: `anonymous`, or `c-` followed by 32 hex digits of
+/// HMAC-SHA256(secret, credential).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Partition(String);
+
+impl Partition {
+    /// The shared partition of requests without credentials.
+    pub fn anonymous() -> Self {
+        Partition(ANONYMOUS.to_string())
+    }
+
+    /// Whether this is the shared anonymous partition.
+    pub fn is_anonymous(&self) -> bool {
+        self.0 == ANONYMOUS
+    }
+
+    /// The partition id, safe to log.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Derives partitions from requests with the deployment's secret key.
+#[derive(Clone)]
+pub struct Partitioner {
+    mac: Hmac<Sha256>,
+}
+
+impl fmt::Debug for Partitioner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Partitioner { key: <redacted> }")
+    }
+}
+
+impl Partitioner {
+    /// A partitioner keyed with `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        Self { mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length") }
+    }
+
+    /// The partition of a request, from its `Authorization` header.
+    ///
+    /// `token X` and `Bearer X` are the same credential to GitHub, so they are the same
+    /// partition here; any other scheme (Basic) is hashed whole.
+    pub fn partition(&self, headers: &HeaderMap) -> Partition {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return Partition::anonymous();
+        };
+        let bytes = value.as_bytes();
+        let trimmed = trim_ascii(bytes);
+        if trimmed.is_empty() {
+            return Partition::anonymous();
+        }
+        let credential = strip_scheme(trimmed, b"token ")
+            .or_else(|| strip_scheme(trimmed, b"bearer "))
+            .map(|rest| (b"t:".as_slice(), trim_ascii(rest)))
+            .unwrap_or((b"h:".as_slice(), trimmed));
+        let mut mac = self.mac.clone();
+        mac.update(credential.0);
+        mac.update(credential.1);
+        let digest = mac.finalize().into_bytes();
+        Partition(format!("c-{}", hex::encode(&digest[..16])))
+    }
+}
+
+fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    (value.len() > scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme))
+        .then(|| &value[scheme.len()..])
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    b.trim_ascii()
+}
+
+/// Returns the configured secret, or the one kept in `data_dir/secret`, creating it (32
+/// random bytes, hex, mode 0600) on first start so partitions stay stable across restarts.
+pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> std::io::Result<Vec<u8>> {
+    if let Some(secret) = configured {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = data_dir.join("secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() >= 32 => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is shorter than 32 characters; delete it to regenerate", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(secret.as_bytes())?;
+            file.sync_all()?;
+            Ok(secret.into_bytes())
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().as_bytes().to_vec())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn token_and_bearer_spellings_share_a_partition() {
+        let p = Partitioner::new(b"k");
+        assert_eq!(p.partition(&auth("token abc")), p.partition(&auth("Bearer abc")));
+        assert_eq!(p.partition(&auth("token abc")), p.partition(&auth("TOKEN  abc ")));
+    }
+
+    #[test]
+    fn different_credentials_and_keys_differ() {
+        let p = Partitioner::new(b"k");
+        assert_ne!(p.partition(&auth("token abc")), p.partition(&auth("token abd")));
+        assert_ne!(p.partition(&auth("token abc")), Partitioner::new(b"j").partition(&auth("token abc")));
+        assert_ne!(p.partition(&auth("Basic abc")), p.partition(&auth("token abc")));
+    }
+
+    #[test]
+    fn no_credential_is_anonymous_and_ids_never_contain_the_token() {
+        let p = Partitioner::new(b"k");
+        assert!(p.partition(&HeaderMap::new()).is_anonymous());
+        assert!(p.partition(&auth("  ")).is_anonymous());
+        let id = p.partition(&auth("token ghp_secretvalue"));
+        assert!(!id.as_str().contains("secret"));
+        assert_eq!(id.as_str().len(), 2 + 32);
+    }
+
+    #[test]
+    fn secret_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_secret(None, dir.path()).unwrap();
+        let b = load_or_create_secret(None, dir.path()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_eq!(load_or_create_secret(Some("given"), dir.path()).unwrap(), b"given");
+    }
+}

@@ -1,0 +1,725 @@
+//! The request path. Every proxied request walks the same phases, in this order, in
+//! [`Gateway::handle`]:
+//!
+//! 1. **admit**: refuse malformed requests ([`check_request`]);
+//! 2. **identify**: derive the credential partition ([`crate::identity`]);
+//! 3. **look up**: for cacheable reads, find the entry and serve it when fresh
+//!    ([`Gateway::serve_cached`]);
+//! 4. **fetch**: otherwise go upstream — coalesced per key, conditional when an entry exists
+//!    ([`Gateway::fill`]) — or pass the request through unchanged ([`Gateway::pass_through`]);
+//! 5. **store**: keep what the policy allows ([`crate::cache::policy`]);
+//! 6. **answer**: rewrite links, add `x-ghgate-cache`, count the outcome ([`Gateway::finish`]).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use http::header::{AGE, CACHE_CONTROL, CONTENT_LENGTH, IF_MODIFIED_SINCE, IF_NONE_MATCH, PRAGMA};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use tracing::{debug, warn};
+
+use crate::cache::policy::{self, FreshnessPolicy};
+use crate::cache::{CacheKey, CachedResponse, Outcome};
+use crate::coalesce::{Coalescer, Role};
+use crate::config::Settings;
+use crate::github::{self, RateLimit};
+use crate::identity::{Partition, Partitioner};
+use crate::rewrite;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::upstream::{self, Upstream, UpstreamError};
+
+/// The header that tells clients how their answer came about.
+pub const CACHE_STATUS_HEADER: HeaderName = HeaderName::from_static("x-ghgate-cache");
+
+/// Request headers whose values, when `Vary` names them, also separate concurrent fetches.
+const VARY_SELECTORS: [HeaderName; 3] = [
+    http::header::COOKIE,
+    HeaderName::from_static("x-github-otp"),
+    HeaderName::from_static("x-requested-with"),
+];
+
+/// The shared state of one gateway: settings, store, upstream client, metrics.
+pub struct Gateway {
+    settings: Arc<Settings>,
+    policy: FreshnessPolicy,
+    partitioner: Partitioner,
+    store: Arc<dyn Store>,
+    upstream: Upstream,
+    upstream_base: String,
+    public_url: Option<String>,
+    fills: Coalescer<String, Fill>,
+    /// Latest rate-limit headers seen per (partition, resource), put on cached answers.
+    rate_limits: moka::sync::Cache<(Partition, String), RateLimit>,
+    /// When an unsafe request last changed a path; entries older than that are stale.
+    invalidated: moka::sync::Cache<String, SystemTime>,
+    metrics: Arc<Metrics>,
+}
+
+/// What one upstream fetch for the cache produced; shared by every coalesced caller.
+#[derive(Clone)]
+enum Fill {
+    /// A complete answer every caller can serve.
+    Complete(Arc<Answer>),
+    /// The body was too large to buffer: only the leader can stream it; followers go alone.
+    Streaming(Arc<Mutex<Option<Streamed>>>),
+    /// Upstream failed and no stale entry may stand in.
+    Failed(Arc<UpstreamError>),
+}
+
+/// A buffered answer.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    /// `Miss`, `Revalidated` or `Stale`.
+    outcome: Outcome,
+    /// The entry it came from or went into, for `Age` and conditional checks.
+    entry: Option<Arc<CachedResponse>>,
+}
+
+/// An upstream answer whose body is being streamed, with what was read before the cap.
+struct Streamed {
+    response: reqwest::Response,
+    prefix: Vec<Bytes>,
+}
+
+/// Everything a fill needs, owned, so it can run in its own task.
+struct FillRequest {
+    key: CacheKey,
+    partition: Partition,
+    path_and_query: String,
+    path: String,
+    headers: HeaderMap,
+    prior: Option<Arc<CachedResponse>>,
+}
+
+impl Gateway {
+    /// Assembles a gateway from validated settings, a store and the partition secret.
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Arc<dyn Store>,
+        secret: &[u8],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Gateway>, String> {
+        let upstream = Upstream::new(&settings.upstream)?;
+        let upstream_base = rewrite::base_of(&settings.upstream.url);
+        let public_url =
+            settings.server.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());
+        metrics.store_max_bytes.set(store.max_bytes() as f64);
+        Ok(Arc::new(Gateway {
+            policy: FreshnessPolicy::new(settings.cache.clone()),
+            partitioner: Partitioner::new(secret),
+            upstream,
+            upstream_base,
+            public_url,
+            fills: Coalescer::default(),
+            rate_limits: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(2 * 3600))
+                .build(),
+            invalidated: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(settings.cache.retain_stale.max(Duration::from_secs(60)))
+                .build(),
+            store,
+            metrics,
+            settings,
+        }))
+    }
+
+    /// The metrics this gateway records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The response store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Handles one proxied request, start to finish.
+    pub async fn handle(self: Arc<Self>, request: http::Request<Body>, peer: SocketAddr) -> Response {
+        let started = Instant::now();
+        let (parts, body) = request.into_parts();
+        let public_base = rewrite::public_base(
+            self.public_url.as_deref(),
+            &parts.headers,
+            &parts.uri,
+            peer.ip(),
+            &self.settings.server.trusted_proxies,
+        );
+        if let Err(message) = check_request(&parts) {
+            self.metrics.bad_requests.increment(1);
+            warn!(%peer, method = %parts.method, %message, "refused malformed request");
+            let response = github::error_response(StatusCode::BAD_REQUEST, &message);
+            return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+        }
+        let partition = self.partitioner.partition(&parts.headers);
+        let (response, outcome) = if self.is_cacheable(&parts) {
+            self.serve_cached(&parts, &partition).await
+        } else {
+            (self.pass_through(&parts, body, &partition).await, Outcome::Bypass)
+        };
+        self.finish(response, outcome, public_base.as_deref(), started, &parts, Some(&partition))
+    }
+
+    /// Phase 6: the common end of every answer.
+    fn finish(
+        &self,
+        mut response: Response,
+        outcome: Outcome,
+        public_base: Option<&str>,
+        started: Instant,
+        parts: &Parts,
+        partition: Option<&Partition>,
+    ) -> Response {
+        if let Some(base) = public_base {
+            rewrite::rewrite_headers(response.headers_mut(), &self.upstream_base, base);
+        }
+        response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(outcome.as_str()));
+        let took = started.elapsed();
+        self.metrics.answered(outcome, took);
+        debug!(
+            target: "ghgate::access",
+            method = %parts.method,
+            path = parts.uri.path(),
+            status = response.status().as_u16(),
+            cache = outcome.as_str(),
+            partition = partition.map(Partition::as_str).unwrap_or("-"),
+            micros = took.as_micros() as u64,
+        );
+        response
+    }
+
+    /// Whether a request may be answered from the cache at all.
+    fn is_cacheable(&self, parts: &Parts) -> bool {
+        let cache = &self.settings.cache;
+        cache.enabled
+            && (parts.method == Method::GET || parts.method == Method::HEAD)
+            && !cache.bypass_paths.iter().any(|p| path_has_prefix(parts.uri.path(), p))
+            && !parts.headers.contains_key(http::header::RANGE)
+            && !directive_present(&parts.headers, CACHE_CONTROL, "no-store")
+    }
+
+    /// Phases 3–5 for a cacheable read.
+    async fn serve_cached(self: &Arc<Self>, parts: &Parts, partition: &Partition) -> (Response, Outcome) {
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let key = CacheKey::new(partition, path_and_query, &parts.headers);
+        let head = parts.method == Method::HEAD;
+        let now = SystemTime::now();
+        let entry = match self.store.get(&key.key).await {
+            Ok(entry) => entry.filter(|e| e.vary_matches(&parts.headers)),
+            Err(e) => {
+                self.metrics.store_errors.increment(1);
+                warn!(error = %e, "cache look-up failed; going upstream");
+                None
+            }
+        };
+        if let Some(entry) = &entry {
+            let invalidated = self.invalidated.get(&entry.path_key).is_some_and(|t| t >= entry.response_time);
+            if !invalidated && !client_wants_revalidation(&parts.headers) {
+                if entry.is_fresh(now) {
+                    return (self.entry_response(entry, partition, &parts.headers, head, now), Outcome::Hit);
+                }
+                if entry.within_stale_while_revalidate(now) {
+                    let request = self.fill_request(key, partition, parts, Some(Arc::clone(entry)));
+                    let coalesce_key = coalesce_key(&request.key, &parts.headers);
+                    let me = Arc::clone(self);
+                    drop(self.fills.join(coalesce_key, move || me.fill(request).boxed()));
+                    return (self.entry_response(entry, partition, &parts.headers, head, now), Outcome::Stale);
+                }
+            }
+        }
+
+        let client_conditional =
+            parts.headers.contains_key(IF_NONE_MATCH) || parts.headers.contains_key(IF_MODIFIED_SINCE);
+        let request = self.fill_request(key, partition, parts, entry);
+        let (fill, role) = if request.prior.is_none() && client_conditional {
+            // The client's own validators go upstream as they are: a 304 is free for it too,
+            // but has no body to share, so this fetch is not coalesced.
+            (Arc::clone(self).fill(request).await, Role::Leader)
+        } else {
+            let coalesce_key = coalesce_key(&request.key, &parts.headers);
+            let me = Arc::clone(self);
+            self.metrics.inflight_fills.set(self.fills.len() as f64);
+            let (flight, role) = self.fills.join(coalesce_key, move || me.fill(request).boxed());
+            match flight.await {
+                Ok(fill) => (fill, role),
+                Err(panicked) => {
+                    warn!(error = %panicked, "cache fill failed");
+                    let r = github::error_response(StatusCode::BAD_GATEWAY, "ghgate: internal error while fetching");
+                    return (r, Outcome::Miss);
+                }
+            }
+        };
+        match fill {
+            Fill::Complete(answer) => {
+                let outcome = if role == Role::Follower { Outcome::Coalesced } else { answer.outcome };
+                (self.answer_response(&answer, partition, &parts.headers, head), outcome)
+            }
+            Fill::Streaming(slot) => {
+                let streamed = slot.lock().expect("stream slot poisoned").take();
+                match streamed {
+                    Some(streamed) if role == Role::Leader => {
+                        (streamed_response(streamed, head), Outcome::Miss)
+                    }
+                    // A follower cannot share a stream: it fetches for itself.
+                    _ => (self.pass_through(parts, Body::empty(), partition).await, Outcome::Miss),
+                }
+            }
+            Fill::Failed(error) => (upstream_error_response(&error), Outcome::Miss),
+        }
+    }
+
+    fn fill_request(
+        &self,
+        key: CacheKey,
+        partition: &Partition,
+        parts: &Parts,
+        prior: Option<Arc<CachedResponse>>,
+    ) -> FillRequest {
+        let mut headers = upstream::request_headers(&parts.headers);
+        headers.remove(CONTENT_LENGTH);
+        headers.remove(http::header::CONTENT_TYPE);
+        if prior.is_some() {
+            headers.remove(IF_NONE_MATCH);
+            headers.remove(IF_MODIFIED_SINCE);
+        }
+        FillRequest {
+            key,
+            partition: partition.clone(),
+            path_and_query: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
+            path: parts.uri.path().to_string(),
+            headers,
+            prior,
+        }
+    }
+
+    /// Phases 4–5: fetch from upstream (conditionally when there is a prior entry) and store
+    /// what may be stored. Runs in its own task; its result is shared by coalesced callers.
+    async fn fill(self: Arc<Self>, request: FillRequest) -> Fill {
+        let FillRequest { key, partition, path_and_query, path, mut headers, prior } = request;
+        if let Some(prior) = &prior {
+            if let Some(etag) = prior.etag() {
+                headers.insert(IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(modified) = prior.last_modified() {
+                headers.insert(IF_MODIFIED_SINCE, modified.clone());
+            }
+        }
+        let stale_fallback = |prior: &Option<Arc<CachedResponse>>| {
+            let now = SystemTime::now();
+            prior.as_ref().filter(|p| p.within_stale_if_error(now)).map(|p| {
+                Fill::Complete(Arc::new(Answer {
+                    status: p.status,
+                    headers: p.headers.clone(),
+                    body: p.body.clone(),
+                    outcome: Outcome::Stale,
+                    entry: Some(Arc::clone(p)),
+                }))
+            })
+        };
+        let url = match self.upstream.url_for(&path_and_query) {
+            Ok(url) => url,
+            Err(e) => return Fill::Failed(Arc::new(UpstreamError::Unreachable(e))),
+        };
+        let request_headers = headers.clone();
+        let (response, took) = match self.upstream.send(Method::GET, url, headers, None).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.metrics.upstream_answer(None, Duration::ZERO);
+                warn!(%error, path = %path, "upstream request failed");
+                return stale_fallback(&prior).unwrap_or_else(|| Fill::Failed(Arc::new(error)));
+            }
+        };
+        let status = response.status();
+        self.metrics.upstream_answer(Some(status), took);
+        self.record_rate_limit(&partition, response.headers());
+        let mut response_headers = response.headers().clone();
+        upstream::strip_hop_by_hop(&mut response_headers);
+        policy::merge_vary(&mut response_headers);
+
+        if status == StatusCode::NOT_MODIFIED {
+            let Some(prior) = prior else {
+                // The client's own validators matched: a bodiless 304 for it alone.
+                return Fill::Complete(Arc::new(Answer {
+                    status,
+                    headers: response_headers,
+                    body: Bytes::new(),
+                    outcome: Outcome::Miss,
+                    entry: None,
+                }));
+            };
+            let merged = policy::merge_not_modified(&prior.headers, &response_headers);
+            let entry = self
+                .store_entry(&key, &partition, &path, &request_headers, prior.status, merged, prior.body.clone())
+                .await;
+            let entry = match entry {
+                Some(entry) => entry,
+                None => Arc::new(CachedResponse { response_time: SystemTime::now(), ..(*prior).clone() }),
+            };
+            return Fill::Complete(Arc::new(Answer {
+                status: entry.status,
+                headers: entry.headers.clone(),
+                body: entry.body.clone(),
+                outcome: Outcome::Revalidated,
+                entry: Some(entry),
+            }));
+        }
+        if status.is_server_error() {
+            if let Some(stale) = stale_fallback(&prior) {
+                warn!(status = status.as_u16(), path = %path, "upstream error; serving stale");
+                return stale;
+            }
+        }
+
+        let cap = self.settings.cache.max_body_bytes;
+        let declared = response.content_length();
+        if declared.is_some_and(|len| len > cap) {
+            return Fill::Streaming(Arc::new(Mutex::new(Some(Streamed { response, prefix: Vec::new() }))));
+        }
+        let mut response = response;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut read: u64 = 0;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len() as u64;
+                    chunks.push(chunk);
+                    if read > cap {
+                        let streamed = Streamed { response, prefix: chunks };
+                        return Fill::Streaming(Arc::new(Mutex::new(Some(streamed))));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let error = UpstreamError::BadBody(upstream::error_chain(&e));
+                    warn!(%error, path = %path, "upstream body failed; nothing cached");
+                    return stale_fallback(&prior).unwrap_or_else(|| Fill::Failed(Arc::new(error)));
+                }
+            }
+        }
+        let body = concat(chunks);
+        let entry = self
+            .store_entry(&key, &partition, &path, &request_headers, status, response_headers.clone(), body.clone())
+            .await;
+        if entry.is_none() && prior.is_some() {
+            // A newer answer that may not be stored replaces the old one: forget it.
+            if let Err(e) = self.store.remove(&key.key).await {
+                self.metrics.store_errors.increment(1);
+                warn!(error = %e, "could not drop a replaced cache entry");
+            }
+        }
+        Fill::Complete(Arc::new(Answer { status, headers: response_headers, body, outcome: Outcome::Miss, entry }))
+    }
+
+    /// Phase 5: stores an answer if the policy allows, returning the entry.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_entry(
+        &self,
+        key: &CacheKey,
+        partition: &Partition,
+        path: &str,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Option<Arc<CachedResponse>> {
+        let now = SystemTime::now();
+        let verdict = self.policy.evaluate(partition, path, request_headers, status, &headers, now)?;
+        let vary = policy::extra_vary_names(&headers)
+            .into_iter()
+            .map(|name| {
+                let value = request_headers.get(&name).cloned();
+                (name, value)
+            })
+            .collect();
+        let entry = Arc::new(CachedResponse {
+            status,
+            headers,
+            body,
+            response_time: now,
+            initial_age: verdict.initial_age,
+            freshness: verdict.freshness,
+            vary,
+            path_key: key.path_key.clone(),
+        });
+        match self.store.put(key.key.clone(), Arc::clone(&entry), entry.time_to_keep(now)).await {
+            Ok(()) => {
+                self.metrics.cache_stores.increment(1);
+                self.metrics.store_bytes.set(self.store.size_bytes() as f64);
+                self.metrics.store_entries.set(self.store.entry_count() as f64);
+            }
+            Err(e) => {
+                self.metrics.store_errors.increment(1);
+                warn!(error = %e, "could not store a cache entry; serving it anyway");
+            }
+        }
+        Some(entry)
+    }
+
+    /// Phase 4 for everything that is not a cacheable read: forwarded as it is, bodies
+    /// streamed both ways.
+    async fn pass_through(&self, parts: &Parts, body: Body, partition: &Partition) -> Response {
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let url = match self.upstream.url_for(path_and_query) {
+            Ok(url) => url,
+            Err(e) => return github::error_response(StatusCode::BAD_REQUEST, &e),
+        };
+        let headers = upstream::request_headers(&parts.headers);
+        let has_body = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+            || parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim() != "0");
+        let body = has_body.then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
+        let (response, took) = match self.upstream.send(parts.method.clone(), url, headers, body).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.metrics.upstream_answer(None, Duration::ZERO);
+                warn!(%error, method = %parts.method, path = parts.uri.path(), "upstream request failed");
+                return upstream_error_response(&error);
+            }
+        };
+        self.metrics.upstream_answer(Some(response.status()), took);
+        self.record_rate_limit(partition, response.headers());
+        if is_unsafe(&parts.method) && (response.status().is_success() || response.status().is_redirection()) {
+            self.invalidate_after_unsafe(parts.uri.path(), response.headers());
+        }
+        streamed_response(Streamed { response, prefix: Vec::new() }, parts.method == Method::HEAD)
+    }
+
+    /// RFC 9111 §4.4: a successful unsafe request makes the stored answers for its target
+    /// (and its `Location`) stale, in every partition.
+    fn invalidate_after_unsafe(&self, path: &str, response_headers: &HeaderMap) {
+        let now = SystemTime::now();
+        self.invalidated.insert(crate::cache::key::path_key(path), now);
+        self.metrics.invalidations.increment(1);
+        let location = response_headers.get(http::header::LOCATION).and_then(|v| v.to_str().ok());
+        if let Some(rest) = location.and_then(|l| l.strip_prefix(self.upstream_base.as_str())) {
+            if rest.starts_with('/') {
+                self.invalidated.insert(crate::cache::key::path_key(rest), now);
+            }
+        }
+    }
+
+    fn record_rate_limit(&self, partition: &Partition, headers: &HeaderMap) {
+        if let Some(limit) = RateLimit::from_headers(headers) {
+            self.rate_limits.insert((partition.clone(), limit.resource.clone()), limit);
+        }
+    }
+
+    /// The latest rate-limit values known for this partition replace the stored ones.
+    fn apply_rate_limit(&self, partition: &Partition, headers: &mut HeaderMap) {
+        let resource = github::resource_of(headers).to_string();
+        if let Some(limit) = self.rate_limits.get(&(partition.clone(), resource)) {
+            limit.apply(headers);
+        }
+    }
+
+    /// Phase 6 for a stored entry: headers with `Age` and fresh rate-limit values, a 304 when
+    /// the client's validators match, no body for HEAD.
+    fn entry_response(
+        &self,
+        entry: &CachedResponse,
+        partition: &Partition,
+        client: &HeaderMap,
+        head: bool,
+        now: SystemTime,
+    ) -> Response {
+        let mut headers = entry.headers.clone();
+        if let Ok(age) = HeaderValue::from_str(&entry.age(now).as_secs().to_string()) {
+            headers.insert(AGE, age);
+        }
+        self.apply_rate_limit(partition, &mut headers);
+        if entry.satisfies_conditional(client) {
+            return not_modified(headers);
+        }
+        let body = if head { Body::empty() } else { Body::from(entry.body.clone()) };
+        build_response(entry.status, headers, body)
+    }
+
+    fn answer_response(&self, answer: &Answer, partition: &Partition, client: &HeaderMap, head: bool) -> Response {
+        if let Some(entry) = &answer.entry {
+            return self.entry_response(entry, partition, client, head, SystemTime::now());
+        }
+        let mut headers = answer.headers.clone();
+        self.apply_rate_limit(partition, &mut headers);
+        if answer.status == StatusCode::NOT_MODIFIED {
+            return not_modified(headers);
+        }
+        let body = if head { Body::empty() } else { Body::from(answer.body.clone()) };
+        build_response(answer.status, headers, body)
+    }
+}
+
+/// Phase 1: refuses requests a proxy must not forward.
+pub fn check_request(parts: &Parts) -> Result<(), String> {
+    if parts.method == Method::CONNECT {
+        return Err("CONNECT is not supported: ghgate is a reverse proxy for the GitHub API".into());
+    }
+    if parts.version <= Version::HTTP_11 && parts.uri.scheme().is_some() {
+        return Err("absolute-form request targets are not accepted; send the path only".into());
+    }
+    let path = parts.uri.path();
+    if !path.starts_with('/') {
+        return Err("the request path must start with '/'".into());
+    }
+    check_path(path)
+}
+
+/// Refuses dot segments (also percent-encoded): appended to an enterprise base such as
+/// `/api/v3`, `..` would climb out of it.
+pub fn check_path(path: &str) -> Result<(), String> {
+    for segment in path.split('/') {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err("dot segments ('.' or '..') are not allowed in request paths".into());
+        }
+        if segment.contains('\\') || segment.to_ascii_lowercase().contains("%5c") {
+            return Err("backslashes are not allowed in request paths".into());
+        }
+    }
+    Ok(())
+}
+
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+}
+
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
+}
+
+/// Whether the request's `Cache-Control` (or `Pragma`) holds a directive.
+fn directive_present(headers: &HeaderMap, name: HeaderName, directive: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().split('=').next().is_some_and(|n| n.trim().eq_ignore_ascii_case(directive)))
+}
+
+/// `no-cache`, `max-age=0` or `Pragma: no-cache` from a client means "revalidate" — which is
+/// free upstream — not "bypass". Node adds them to every conditional request.
+fn client_wants_revalidation(headers: &HeaderMap) -> bool {
+    directive_present(headers, CACHE_CONTROL, "no-cache")
+        || directive_present(headers, PRAGMA, "no-cache")
+        || headers
+            .get_all(CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("max-age=0"))
+}
+
+/// The key concurrent fetches share: the cache key plus the values of headers that `Vary`
+/// may select on but the key does not include.
+fn coalesce_key(key: &CacheKey, headers: &HeaderMap) -> String {
+    let mut k = key.key.clone();
+    for name in &VARY_SELECTORS {
+        if let Some(v) = headers.get(name) {
+            k.push('\n');
+            k.push_str(name.as_str());
+            k.push('=');
+            k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    k
+}
+
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().expect("one chunk"),
+        _ => {
+            let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                all.extend_from_slice(&c);
+            }
+            Bytes::from(all)
+        }
+    }
+}
+
+fn build_response(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+fn not_modified(mut headers: HeaderMap) -> Response {
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(http::header::CONTENT_TYPE);
+    build_response(StatusCode::NOT_MODIFIED, headers, Body::empty())
+}
+
+fn streamed_response(streamed: Streamed, head: bool) -> Response {
+    let Streamed { response, prefix } = streamed;
+    let status = response.status();
+    let mut headers = response.headers().clone();
+    upstream::strip_hop_by_hop(&mut headers);
+    if head {
+        return build_response(status, headers, Body::empty());
+    }
+    let prefix = futures::stream::iter(prefix.into_iter().map(Ok::<Bytes, reqwest::Error>));
+    let body = Body::from_stream(prefix.chain(response.bytes_stream()));
+    build_response(status, headers, body)
+}
+
+fn upstream_error_response(error: &UpstreamError) -> Response {
+    let status = match error {
+        UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    github::error_response(status, &format!("ghgate: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str) -> Parts {
+        http::Request::builder().method(method).uri(uri).body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn dot_segments_and_connect_are_refused() {
+        assert!(check_request(&parts("GET", "/repos/o/r")).is_ok());
+        assert!(check_request(&parts("GET", "/repos/../admin")).is_err());
+        assert!(check_request(&parts("GET", "/repos/%2E%2e/admin")).is_err());
+        assert!(check_request(&parts("GET", "/a/%5c/b")).is_err());
+        assert!(check_request(&parts("CONNECT", "example.com:443")).is_err());
+        assert!(check_request(&parts("GET", "http://evil.example/x")).is_err());
+    }
+
+    #[test]
+    fn revalidation_requests_are_recognised() {
+        let mut h = HeaderMap::new();
+        assert!(!client_wants_revalidation(&h));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        assert!(client_wants_revalidation(&h));
+        let mut h = HeaderMap::new();
+        h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        assert!(client_wants_revalidation(&h));
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=0"));
+        assert!(client_wants_revalidation(&h));
+    }
+
+    #[test]
+    fn bypass_prefixes_match_whole_segments() {
+        assert!(path_has_prefix("/rate_limit", "/rate_limit"));
+        assert!(path_has_prefix("/graphql/x", "/graphql"));
+        assert!(!path_has_prefix("/rate_limits", "/rate_limit"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Listeners: the proxy (every path goes to the pipeline) and the admin listener (metrics,
+//! health, status), on separate sockets so the admin surface is never exposed with the proxy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::identity;
+use crate::pipeline::Gateway;
+use crate::store;
+use crate::telemetry::Metrics;
+
+pub use crate::pipeline::check_path;
+
+/// A started gateway: its bound addresses and the means to stop it.
+pub struct Running {
+    /// Where the proxy listens (useful when the configured port was 0).
+    pub proxy_addr: SocketAddr,
+    /// Where the admin listener listens.
+    pub admin_addr: SocketAddr,
+    /// The gateway's shared state.
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and waits for both listeners.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until both listeners have stopped (after a signal or [`Running::shutdown`]).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// A handle that stops the gateway when sent `true`.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds both listeners and starts serving. Fails with a message naming the setting when a
+/// listener cannot be bound or the secret cannot be read or created.
+pub async fn start(settings: Settings) -> Result<Running, String> {
+    let settings = Arc::new(settings);
+    let secret = identity::load_or_create_secret(settings.server.secret.as_deref(), &settings.store.data_dir)
+        .map_err(|e| {
+            format!(
+                "server.secret: unset, and no secret could be kept in store.data_dir ({}): {e}",
+                settings.store.data_dir.display()
+            )
+        })?;
+    let metrics = Metrics::new();
+    let store = store::from_settings(&settings.store, settings.cache.max_bytes);
+    let gateway = Gateway::new(Arc::clone(&settings), store, &secret, Arc::clone(&metrics))?;
+
+    let proxy = TcpListener::bind(settings.server.listen)
+        .await
+        .map_err(|e| format!("server.listen: cannot listen on {}: {e}", settings.server.listen))?;
+    let admin = TcpListener::bind(settings.server.admin_listen)
+        .await
+        .map_err(|e| format!("server.admin_listen: cannot listen on {}: {e}", settings.server.admin_listen))?;
+    let proxy_addr = proxy.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+
+    let (shutdown, watcher) = watch::channel(false);
+    let proxy_app = Router::new().fallback(proxy_handler).with_state(Arc::clone(&gateway));
+    let admin_app = admin_router(Arc::clone(&gateway));
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(serve(proxy, proxy_app, watcher.clone(), "proxy")));
+    tasks.push(tokio::spawn(serve(admin, admin_app, watcher.clone(), "admin")));
+    let upkeep_metrics = Arc::clone(&metrics);
+    let mut upkeep_stop = watcher;
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => upkeep_metrics.run_upkeep(),
+                _ = upkeep_stop.changed() => break,
+            }
+        }
+    }));
+    info!(
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        upstream = %settings.upstream.url,
+        store = %gateway.store().location(),
+        "ghgate listening"
+    );
+    Ok(Running { proxy_addr, admin_addr, gateway, shutdown, tasks })
+}
+
+async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>, name: &'static str) {
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, service)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(e) = result {
+        warn!(listener = name, error = %e, "listener stopped with an error");
+    }
+}
+
+async fn proxy_handler(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+) -> Response {
+    gateway.handle(request, peer).await
+}
+
+fn admin_router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/", get(status_page))
+        .with_state(gateway)
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let m = gateway.metrics();
+    m.store_bytes.set(gateway.store().size_bytes() as f64);
+    m.store_entries.set(gateway.store().entry_count() as f64);
+    let mut response = Response::new(Body::from(m.render()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
+    // The memory store cannot be unavailable; later backends report their health here.
+    let body = serde_json::json!({ "status": "ready", "store": gateway.store().location() });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn status_page(State(gateway): State<Arc<Gateway>>) -> Response {
+    let store = gateway.store();
+    let text = format!(
+        "ghgate {}\nstore: {}\nentries: {}\nbytes: {} of {}\nmetrics: /metrics\n",
+        env!("CARGO_PKG_VERSION"),
+        store.location(),
+        store.entry_count(),
+        store.size_bytes(),
+        store.max_bytes(),
+    );
+    text.into_response()
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

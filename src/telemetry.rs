@@ -1,0 +1,204 @@
+//! Metrics and logs. Metrics are registered once per gateway instance on its own Prometheus
+//! recorder (no global state), so handles are plain atomics on the hot path and several
+//! gateways can run in one test process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::cache::{Outcome, PerOutcome};
+use crate::config::{LogFormat, LogSettings};
+
+static METADATA: Metadata<'static> = Metadata::new("ghgate", Level::INFO, Some("ghgate"));
+
+/// Latency buckets in seconds: from a 50 µs cache hit to a slow upstream.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// Upstream status classes, as metric labels.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Every metric the gateway exports, registered up front.
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    /// `ghgate_requests_total{outcome}`
+    pub requests: PerOutcome<Counter>,
+    /// `ghgate_request_duration_seconds{outcome}`
+    pub request_duration: PerOutcome<Histogram>,
+    upstream_requests: [Counter; 6],
+    /// `ghgate_upstream_duration_seconds`
+    pub upstream_duration: Histogram,
+    /// `ghgate_ratelimit_units_spent_total`: upstream answers other than 304.
+    pub units_spent: Counter,
+    /// `ghgate_ratelimit_units_saved_total`: answers that did not cost a unit.
+    pub units_saved: Counter,
+    /// `ghgate_cache_stores_total`: entries written.
+    pub cache_stores: Counter,
+    /// `ghgate_cache_invalidations_total`: paths marked stale by unsafe requests.
+    pub invalidations: Counter,
+    /// `ghgate_store_errors_total`
+    pub store_errors: Counter,
+    /// `ghgate_bad_requests_total`: requests refused before reaching the pipeline.
+    pub bad_requests: Counter,
+    /// `ghgate_store_bytes`
+    pub store_bytes: Gauge,
+    /// `ghgate_store_entries`
+    pub store_entries: Gauge,
+    /// `ghgate_store_max_bytes`
+    pub store_max_bytes: Gauge,
+    /// `ghgate_inflight_fills`
+    pub inflight_fills: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric on a fresh recorder.
+    pub fn new() -> Arc<Metrics> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .expect("static, non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        let r = &recorder;
+        let counter = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), None, help.into());
+            r.register_counter(&Key::from_name(name), &METADATA)
+        };
+        let gauge = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            r.describe_gauge(name.into(), unit, help.into());
+            r.register_gauge(&Key::from_name(name), &METADATA)
+        };
+        r.describe_counter("ghgate_requests_total".into(), None, "Proxied requests by cache outcome.".into());
+        r.describe_histogram(
+            "ghgate_request_duration_seconds".into(),
+            Some(Unit::Seconds),
+            "Time from request to answer headers, by cache outcome.".into(),
+        );
+        r.describe_counter(
+            "ghgate_upstream_requests_total".into(),
+            None,
+            "Requests sent to GitHub, by answer status class (error: no answer).".into(),
+        );
+        let outcome_key = |name: &'static str, o: Outcome| {
+            Key::from_parts(name, vec![Label::new("outcome", o.as_str().to_ascii_lowercase())])
+        };
+        let requests = PerOutcome::new(|o| r.register_counter(&outcome_key("ghgate_requests_total", o), &METADATA));
+        let request_duration = PerOutcome::new(|o| {
+            r.register_histogram(&outcome_key("ghgate_request_duration_seconds", o), &METADATA)
+        });
+        let upstream_requests = STATUS_CLASSES.map(|class| {
+            r.register_counter(
+                &Key::from_parts("ghgate_upstream_requests_total", vec![Label::new("status", class)]),
+                &METADATA,
+            )
+        });
+        r.describe_histogram(
+            "ghgate_upstream_duration_seconds".into(),
+            Some(Unit::Seconds),
+            "Time GitHub took to send answer headers.".into(),
+        );
+        let upstream_duration =
+            r.register_histogram(&Key::from_name("ghgate_upstream_duration_seconds"), &METADATA);
+        let metrics = Metrics {
+            requests,
+            request_duration,
+            upstream_requests,
+            upstream_duration,
+            units_spent: counter(
+                "ghgate_ratelimit_units_spent_total",
+                "Upstream answers that cost a rate-limit unit (anything but 304).",
+            ),
+            units_saved: counter(
+                "ghgate_ratelimit_units_saved_total",
+                "Answers that cost no unit: served without going upstream, or revalidated with a 304.",
+            ),
+            cache_stores: counter("ghgate_cache_stores_total", "Answers written to the cache."),
+            invalidations: counter(
+                "ghgate_cache_invalidations_total",
+                "Paths marked stale because an unsafe request changed them.",
+            ),
+            store_errors: counter("ghgate_store_errors_total", "Store operations that failed."),
+            bad_requests: counter(
+                "ghgate_bad_requests_total",
+                "Requests refused as malformed before reaching upstream.",
+            ),
+            store_bytes: gauge("ghgate_store_bytes", Some(Unit::Bytes), "Bytes held by the response store."),
+            store_entries: gauge("ghgate_store_entries", None, "Entries held by the response store."),
+            store_max_bytes: gauge(
+                "ghgate_store_max_bytes",
+                Some(Unit::Bytes),
+                "Configured upper bound of the response store.",
+            ),
+            inflight_fills: gauge(
+                "ghgate_inflight_fills",
+                None,
+                "Upstream fetches under way that concurrent requests can join.",
+            ),
+            recorder: Arc::new(recorder),
+            handle,
+        };
+        Arc::new(metrics)
+    }
+
+    /// Counts one upstream answer (or failure, `None`).
+    pub fn upstream_answer(&self, status: Option<http::StatusCode>, took: Duration) {
+        let class = match status.map(|s| s.as_u16() / 100) {
+            Some(1) => 0,
+            Some(2) => 1,
+            Some(3) => 2,
+            Some(4) => 3,
+            Some(5) => 4,
+            _ => 5,
+        };
+        self.upstream_requests[class].increment(1);
+        if status.is_some() {
+            self.upstream_duration.record(took.as_secs_f64());
+        }
+        match status {
+            Some(http::StatusCode::NOT_MODIFIED) => self.units_saved.increment(1),
+            Some(_) => self.units_spent.increment(1),
+            None => {}
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn answered(&self, outcome: Outcome, took: Duration) {
+        self.requests.get(outcome).increment(1);
+        self.request_duration.get(outcome).record(took.as_secs_f64());
+        // An upstream 304 is counted as saved where it arrives; everything else that never
+        // reached upstream is counted here.
+        if matches!(outcome, Outcome::Hit | Outcome::Stale | Outcome::Coalesced | Outcome::Negative) {
+            self.units_saved.increment(1);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram buffers; call every few seconds.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+        let _ = &self.recorder;
+    }
+}
+
+/// Installs the global log subscriber: text or JSON, filtered by `RUST_LOG` or the setting.
+pub fn init_logging(settings: &LogSettings) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v).map_err(|e| format!("RUST_LOG: {e}"))?,
+        _ => EnvFilter::try_new(&settings.level).map_err(|e| format!("log.level: {e}"))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match settings.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| format!("log subscriber: {e}"))
+}

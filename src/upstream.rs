@@ -1,0 +1,170 @@
+//! Talking to GitHub: one pooled HTTP client (rustls, HTTP/2 when offered), URL building
+//! under the configured base, and the header hygiene of a proxy.
+
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use url::Url;
+
+use crate::config::UpstreamSettings;
+
+/// Why there is no upstream answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made, or it broke.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// No answer within the configured time.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The body broke off or was malformed.
+    #[error("upstream answer broke off: {0}")]
+    BadBody(String),
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those a
+/// proxy must set itself.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes hop-by-hop headers, including any that `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The headers to send upstream for a client's request: hop-by-hop headers, `Host` and
+/// `Accept-Encoding` removed (bodies are cached and served as identity), a `User-Agent`
+/// added when the client sent none (GitHub requires one).
+pub fn request_headers(client: &HeaderMap) -> HeaderMap {
+    let mut headers = client.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::HOST);
+    headers.remove(http::header::ACCEPT_ENCODING);
+    headers.remove(HeaderName::from_static("forwarded"));
+    headers.remove(HeaderName::from_static("x-forwarded-for"));
+    headers.remove(HeaderName::from_static("x-forwarded-host"));
+    headers.remove(HeaderName::from_static("x-forwarded-proto"));
+    if headers.get(http::header::ACCEPT).is_some_and(|v| v.is_empty()) {
+        headers.remove(http::header::ACCEPT);
+    }
+    if !headers.contains_key(http::header::USER_AGENT) {
+        headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("ghgate/", env!("CARGO_PKG_VERSION"))));
+    }
+    headers
+}
+
+/// The client for GitHub, with its base URL and time limits.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: reqwest::Client,
+    base: Url,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the pooled client. Redirects are never followed: they go back to the client.
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("upstream client: {e}"))?;
+        Ok(Self { client, base: settings.url.clone(), timeout: settings.timeout })
+    }
+
+    /// The configured base URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// The upstream URL of a request path and query: appended to the base, so a base of
+    /// `https://ghe/api/v3` keeps its prefix. The path must already be checked (see
+    /// [`crate::server::check_path`]).
+    pub fn url_for(&self, path_and_query: &str) -> Result<Url, String> {
+        let base = self.base.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}{path_and_query}")).map_err(|e| format!("bad request path: {e}"))
+    }
+
+    /// Sends a request and waits (at most the configured timeout) for the answer's headers.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Option<reqwest::Body>,
+    ) -> Result<(reqwest::Response, Duration), UpstreamError> {
+        let mut request = self.client.request(method, url).headers(headers);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeout, request.send()).await {
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+            Ok(Ok(response)) => Ok((response, started.elapsed())),
+        }
+    }
+}
+
+/// An error and its causes on one line (reqwest's top-level message alone says little).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enterprise_base_paths_are_kept() {
+        let s = UpstreamSettings { url: Url::parse("https://ghe.example.com/api/v3/").unwrap(), ..Default::default() };
+        let up = Upstream::new(&s).unwrap();
+        assert_eq!(up.url_for("/repos/o/r?page=2").unwrap().as_str(), "https://ghe.example.com/api/v3/repos/o/r?page=2");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        h.insert("host", HeaderValue::from_static("gw"));
+        h.insert("authorization", HeaderValue::from_static("token x"));
+        let out = request_headers(&h);
+        assert!(out.get("x-secret-hop").is_none() && out.get("connection").is_none());
+        assert!(out.get("transfer-encoding").is_none() && out.get("accept-encoding").is_none());
+        assert!(out.get("host").is_none());
+        assert_eq!(out["authorization"], "token x");
+        assert!(out.get("user-agent").is_some());
+    }
+}
