@@ -317,7 +317,7 @@ impl Settings {
                 bad("server.public_url", format!("must be an http(s) URL with a host, got {public}"));
             }
         }
-        if self.server.listen == self.server.admin_listen {
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             bad("server.admin_listen", "must differ from server.listen".into());
         }
         if let Some(secret) = &self.server.secret {

@@ -1,0 +1,382 @@
+//! A fake GitHub for the test suite: an axum app on a loopback port that behaves like the
+//! GitHub REST API where the gateway's behaviour depends on it, and counts what it charges.
+//!
+//! It sends GitHub's caching headers (`Cache-Control: private, max-age=N, s-maxage=N` for
+//! authenticated requests, two `Vary` lines, weak or strong `ETag` tied to the credential,
+//! `Last-Modified`), answers matching conditional requests with a free 304, counts rate-limit
+//! units per credential in `x-ratelimit-*`, hides private resources from other tokens, pages
+//! lists with absolute `Link` URLs, and can be told to slow down, fail, or change a resource.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+
+/// One resource the fake serves.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    /// The JSON body.
+    pub json: String,
+    /// Other representations by media-type fragment (`diff`, `raw`, ...).
+    pub variants: HashMap<String, String>,
+    /// Bumped on every change; part of the ETag.
+    pub version: u64,
+    /// Tokens that may see it; `None` means everyone, anonymous included.
+    pub visible_to: Option<Vec<String>>,
+    /// When it last changed; sent as `Last-Modified` when `send_last_modified`.
+    pub modified: SystemTime,
+    /// Whether to send `Last-Modified`.
+    pub send_last_modified: bool,
+    /// A `Cache-Control` to send instead of GitHub's usual one.
+    pub cache_control: Option<String>,
+    /// Strong instead of weak ETag.
+    pub strong_etag: bool,
+}
+
+impl Resource {
+    /// A public JSON resource with GitHub's usual headers.
+    pub fn json(json: impl Into<String>) -> Self {
+        Resource {
+            json: json.into(),
+            variants: HashMap::new(),
+            version: 1,
+            visible_to: None,
+            modified: SystemTime::now() - Duration::from_secs(3600),
+            send_last_modified: true,
+            cache_control: None,
+            strong_etag: false,
+        }
+    }
+
+    /// Only these tokens may see it; others get 404, as GitHub answers for private repos.
+    pub fn private_to(mut self, tokens: &[&str]) -> Self {
+        self.visible_to = Some(tokens.iter().map(|t| t.to_string()).collect());
+        self
+    }
+
+    /// Adds a representation chosen by an `Accept` containing `fragment`.
+    pub fn variant(mut self, fragment: &str, body: &str) -> Self {
+        self.variants.insert(fragment.to_string(), body.to_string());
+        self
+    }
+
+    /// Overrides `Cache-Control`.
+    pub fn cache_control(mut self, value: &str) -> Self {
+        self.cache_control = Some(value.to_string());
+        self
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    resources: HashMap<String, Resource>,
+    /// Units used per credential ("anonymous" for none).
+    used: HashMap<String, u64>,
+    /// Answers to give instead of the resource, consumed one per request (status codes).
+    failures: Vec<u16>,
+    /// Fail every request with this status while set.
+    fail_always: Option<u16>,
+    delay: Duration,
+    max_age: u64,
+    /// Requests per path.
+    per_path: HashMap<String, u64>,
+    /// Request log: (method, path and query, headers).
+    log: Vec<(Method, String, HeaderMap)>,
+}
+
+/// Shared state and counters of a running fake.
+pub struct FakeState {
+    inner: Mutex<Inner>,
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// Rate-limit units charged (every answer but 304).
+    pub charged: AtomicU64,
+    /// 304 answers given.
+    pub not_modified: AtomicU64,
+    prefix: String,
+    base: Mutex<String>,
+}
+
+/// A running fake GitHub.
+#[derive(Clone)]
+pub struct FakeGitHub {
+    /// Shared state and counters.
+    pub state: Arc<FakeState>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: Arc<tokio::sync::Notify>,
+}
+
+const LIMIT_AUTHENTICATED: u64 = 5000;
+const LIMIT_ANONYMOUS: u64 = 60;
+
+impl FakeGitHub {
+    /// Starts the fake on a free loopback port, serving at the root like api.github.com.
+    pub async fn start() -> FakeGitHub {
+        Self::start_with_prefix("").await
+    }
+
+    /// Starts the fake serving under a path prefix, like GitHub Enterprise's `/api/v3`.
+    pub async fn start_with_prefix(prefix: &str) -> FakeGitHub {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(FakeState {
+            inner: Mutex::new(Inner { max_age: 60, ..Inner::default() }),
+            requests: AtomicU64::new(0),
+            charged: AtomicU64::new(0),
+            not_modified: AtomicU64::new(0),
+            prefix: prefix.to_string(),
+            base: Mutex::new(format!("http://{addr}{prefix}")),
+        });
+        let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        let stop = Arc::clone(&shutdown);
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.notified().await }).await.unwrap();
+        });
+        FakeGitHub { state, addr, shutdown }
+    }
+
+    /// The base URL to configure as the gateway's upstream.
+    pub fn url(&self) -> String {
+        self.state.base.lock().unwrap().clone()
+    }
+
+    /// Stops accepting connections (the port then refuses).
+    pub fn stop(&self) {
+        self.shutdown.notify_waiters();
+    }
+
+    /// Adds or replaces a resource.
+    pub fn put(&self, path: &str, resource: Resource) {
+        self.state.inner.lock().unwrap().resources.insert(path.to_string(), resource);
+    }
+
+    /// Changes a resource's body (new version, new ETag, new Last-Modified).
+    pub fn change(&self, path: &str, json: &str) {
+        let mut inner = self.state.inner.lock().unwrap();
+        let r = inner.resources.get_mut(path).expect("resource exists");
+        r.json = json.to_string();
+        r.version += 1;
+        r.modified = SystemTime::now() + Duration::from_secs(1);
+    }
+
+    /// The `max-age` GitHub's usual `Cache-Control` carries (60 on github.com).
+    pub fn set_max_age(&self, secs: u64) {
+        self.state.inner.lock().unwrap().max_age = secs;
+    }
+
+    /// Delays every answer.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.inner.lock().unwrap().delay = delay;
+    }
+
+    /// The next `n` requests get `status` (uncharged for 5xx).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.state.inner.lock().unwrap().failures.extend(std::iter::repeat_n(status, n));
+    }
+
+    /// Every request gets `status` until cleared with `None`.
+    pub fn fail_always(&self, status: Option<u16>) {
+        self.state.inner.lock().unwrap().fail_always = status;
+    }
+
+    /// Requests received in all.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Rate-limit units charged in all.
+    pub fn charged(&self) -> u64 {
+        self.state.charged.load(Ordering::SeqCst)
+    }
+
+    /// Free 304 answers given.
+    pub fn not_modified(&self) -> u64 {
+        self.state.not_modified.load(Ordering::SeqCst)
+    }
+
+    /// Requests received for one path (without query).
+    pub fn requests_for(&self, path: &str) -> u64 {
+        self.state.inner.lock().unwrap().per_path.get(path).copied().unwrap_or(0)
+    }
+
+    /// Units a credential has used ("anonymous" for none).
+    pub fn used_by(&self, token: &str) -> u64 {
+        self.state.inner.lock().unwrap().used.get(token).copied().unwrap_or(0)
+    }
+
+    /// Every request received: method, path and query, headers.
+    pub fn log(&self) -> Vec<(Method, String, HeaderMap)> {
+        self.state.inner.lock().unwrap().log.clone()
+    }
+}
+
+/// The credential of a request: the token of `token X` / `Bearer X`, or "anonymous".
+pub fn credential(headers: &HeaderMap) -> String {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return "anonymous".into();
+    };
+    let value = value.trim();
+    for scheme in ["token ", "bearer ", "Bearer ", "Token "] {
+        if let Some(rest) = value.strip_prefix(scheme) {
+            return rest.trim().to_string();
+        }
+    }
+    value.to_string()
+}
+
+fn json_error(status: StatusCode, message: &str) -> (StatusCode, String) {
+    (status, format!(r#"{{"message":"{message}","documentation_url":"https://docs.github.com/rest"}}"#))
+}
+
+async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let full_path = parts.uri.path().to_string();
+    let path = full_path.strip_prefix(&state.prefix).unwrap_or(&full_path).to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let cred = credential(&parts.headers);
+    let (delay, failure, max_age) = {
+        let mut inner = state.inner.lock().unwrap();
+        *inner.per_path.entry(path.clone()).or_default() += 1;
+        let pq = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+        inner.log.push((parts.method.clone(), pq, parts.headers.clone()));
+        let failure = inner.fail_always.or_else(|| (!inner.failures.is_empty()).then(|| inner.failures.remove(0)));
+        (inner.delay, failure, inner.max_age)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = failure {
+        let status = StatusCode::from_u16(status).unwrap();
+        let (s, b) = json_error(status, "Server Error");
+        return respond(&state, &cred, s, b, HeaderMap::new(), !status.is_server_error());
+    }
+
+    if parts.method == Method::GET || parts.method == Method::HEAD {
+        return get(&state, &parts.headers, &path, &query, &cred, max_age);
+    }
+    // Writes: charged, echo the body, and change the resource at that path if there is one.
+    {
+        let mut inner = state.inner.lock().unwrap();
+        if let Some(r) = inner.resources.get_mut(&path) {
+            if parts.method == Method::PATCH || parts.method == Method::PUT {
+                r.json = String::from_utf8_lossy(&body).to_string();
+            }
+            r.version += 1;
+            r.modified = SystemTime::now() + Duration::from_secs(1);
+        }
+    }
+    let status = if parts.method == Method::POST { StatusCode::CREATED } else { StatusCode::OK };
+    let echo = if body.is_empty() { "{}".to_string() } else { String::from_utf8_lossy(&body).to_string() };
+    respond(&state, &cred, status, echo, HeaderMap::new(), true)
+}
+
+fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, max_age: u64) -> Response {
+    let resource = state.inner.lock().unwrap().resources.get(path).cloned();
+    let Some(resource) = resource else {
+        let (s, b) = json_error(StatusCode::NOT_FOUND, "Not Found");
+        return respond(state, cred, s, b, HeaderMap::new(), true);
+    };
+    if let Some(visible) = &resource.visible_to {
+        if !visible.iter().any(|t| t == cred) {
+            let (s, b) = json_error(StatusCode::NOT_FOUND, "Not Found");
+            return respond(state, cred, s, b, HeaderMap::new(), true);
+        }
+    }
+    let accept = req.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let (variant, body, content_type) = match resource.variants.iter().find(|(frag, _)| accept.contains(frag.as_str())) {
+        Some((frag, body)) => (frag.clone(), body.clone(), "text/plain; charset=utf-8".to_string()),
+        None => ("json".to_string(), resource.json.clone(), "application/json; charset=utf-8".to_string()),
+    };
+    // Pagination: `?page=N` of a list resource, with absolute Link URLs like GitHub's.
+    let page: u64 = query.split('&').find_map(|kv| kv.strip_prefix("page=")).and_then(|p| p.parse().ok()).unwrap_or(1);
+    let body = if query.contains("page=") || path.ends_with("/issues") { format!(r#"{{"page":{page},"items":{body}}}"#) } else { body };
+
+    let mut hasher = Sha256::new();
+    hasher.update(format!("{path}|{query}|{}|{variant}|{cred}", resource.version));
+    let tag = hex::encode(&hasher.finalize()[..8]);
+    let etag = if resource.strong_etag { format!("\"{tag}\"") } else { format!("W/\"{tag}\"") };
+
+    let mut headers = HeaderMap::new();
+    let cache_control = resource.cache_control.clone().unwrap_or_else(|| {
+        if cred == "anonymous" {
+            format!("public, max-age={max_age}, s-maxage={max_age}")
+        } else {
+            format!("private, max-age={max_age}, s-maxage={max_age}")
+        }
+    });
+    headers.insert("cache-control", HeaderValue::from_str(&cache_control).unwrap());
+    headers.append("vary", HeaderValue::from_static("Accept, Authorization, Cookie, X-GitHub-OTP"));
+    headers.append("vary", HeaderValue::from_static("Accept-Encoding, Accept, X-Requested-With"));
+    headers.insert("etag", HeaderValue::from_str(&etag).unwrap());
+    headers.insert("content-type", HeaderValue::from_str(&content_type).unwrap());
+    headers.insert("x-github-media-type", HeaderValue::from_static("github.v3; format=json"));
+    if resource.send_last_modified {
+        headers.insert("last-modified", HeaderValue::from_str(&httpdate::fmt_http_date(resource.modified)).unwrap());
+    }
+    if query.contains("page=") || path.ends_with("/issues") {
+        let base = state.base.lock().unwrap().clone();
+        let link = format!(
+            "<{base}{path}?page={}>; rel=\"next\", <{base}{path}?page=5>; rel=\"last\"",
+            page + 1
+        );
+        headers.insert("link", HeaderValue::from_str(&link).unwrap());
+    }
+
+    // Conditional requests: If-None-Match wins; If-Modified-Since works across tokens.
+    let not_modified = if let Some(inm) = req.get("if-none-match").and_then(|v| v.to_str().ok()) {
+        inm.split(',').any(|t| t.trim().trim_start_matches("W/") == etag.trim_start_matches("W/"))
+    } else if let Some(ims) = req.get("if-modified-since").and_then(|v| v.to_str().ok()) {
+        httpdate::parse_http_date(ims).map(|since| resource.modified <= since + Duration::from_secs(0)).unwrap_or(false)
+            && resource.send_last_modified
+    } else {
+        false
+    };
+    if not_modified {
+        state.not_modified.fetch_add(1, Ordering::SeqCst);
+        return respond(state, cred, StatusCode::NOT_MODIFIED, String::new(), headers, false);
+    }
+    respond(state, cred, StatusCode::OK, body, headers, true)
+}
+
+fn respond(state: &FakeState, cred: &str, status: StatusCode, body: String, mut headers: HeaderMap, charge: bool) -> Response {
+    let limit = if cred == "anonymous" { LIMIT_ANONYMOUS } else { LIMIT_AUTHENTICATED };
+    let used = {
+        let mut inner = state.inner.lock().unwrap();
+        let used = inner.used.entry(cred.to_string()).or_default();
+        if charge {
+            *used += 1;
+        }
+        *used
+    };
+    if charge {
+        state.charged.fetch_add(1, Ordering::SeqCst);
+    }
+    let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    headers.insert("x-ratelimit-limit", limit.into());
+    headers.insert("x-ratelimit-remaining", limit.saturating_sub(used).into());
+    headers.insert("x-ratelimit-used", used.into());
+    headers.insert("x-ratelimit-reset", reset.into());
+    headers.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    headers.insert("x-github-request-id", HeaderValue::from_static("FAKE:0001"));
+    if !headers.contains_key("content-type") && status != StatusCode::NOT_MODIFIED {
+        headers.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+    }
+    let mut response = Response::new(Body::from(Bytes::from(body)));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}

@@ -1,0 +1,97 @@
+//! Test harness: starts the real gateway on loopback ports in front of the fake GitHub.
+
+#![allow(dead_code)]
+
+pub mod fake_github;
+
+use std::time::Duration;
+
+use ghgate::config::Settings;
+use ghgate::server::Running;
+
+pub use fake_github::{FakeGitHub, Resource};
+
+/// A gateway started for one test, with a client pointed at it.
+pub struct TestGateway {
+    /// The running gateway.
+    pub running: Running,
+    /// `http://127.0.0.1:PORT` of the proxy listener.
+    pub url: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin_url: String,
+    /// An HTTP client that follows no redirects and uses no proxy.
+    pub client: reqwest::Client,
+    _data_dir: tempfile::TempDir,
+}
+
+/// Settings for tests: loopback listeners on free ports, a fixed secret, a temporary data dir.
+pub fn test_settings(upstream: &str, data_dir: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
+    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    s.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    s.server.secret = Some("test-secret-0123456789".into());
+    s.upstream.url = upstream.parse().unwrap();
+    s.upstream.timeout = Duration::from_secs(5);
+    s.store.data_dir = data_dir.to_path_buf();
+    s
+}
+
+/// Starts a gateway in front of `upstream`, after `tweak` adjusts the settings.
+pub async fn start_gateway(upstream: &str, tweak: impl FnOnce(&mut Settings)) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(upstream, dir.path());
+    tweak(&mut settings);
+    settings.validate().expect("test settings are valid");
+    let running = ghgate::server::start(settings).await.expect("gateway starts");
+    TestGateway {
+        url: format!("http://{}", running.proxy_addr),
+        admin_url: format!("http://{}", running.admin_addr),
+        running,
+        client: client(),
+        _data_dir: dir,
+    }
+}
+
+/// A plain test client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+impl TestGateway {
+    /// GET `path` with an optional token.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut r = self.client.get(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            r = r.header("authorization", format!("token {t}"));
+        }
+        r.send().await.unwrap()
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client.get(format!("{}/metrics", self.admin_url)).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one metric line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+}
+
+/// The value of one series in a Prometheus text exposition, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The `x-ghgate-cache` value of an answer.
+pub fn outcome(r: &reqwest::Response) -> String {
+    r.headers().get("x-ghgate-cache").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
