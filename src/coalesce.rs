@@ -124,7 +124,13 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_leader_does_not_cancel_the_work() {
         let c: Arc<Coalescer<String, u8>> = Arc::default();
-        let (leader, _) = c.join("k".into(), || async { tokio::time::sleep(Duration::from_millis(30)).await; 7 }.boxed());
+        let (leader, _) = c.join("k".into(), || {
+            async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                7
+            }
+            .boxed()
+        });
         let (follower, role) = c.join("k".into(), || async { 0 }.boxed());
         drop(leader);
         assert_eq!(role, Role::Follower);

@@ -372,9 +372,7 @@ impl figment::Provider for RawEnv {
         figment::Metadata::named(format!("environment variable(s) {}*", self.prefix))
     }
 
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         use figment::value::{Dict, Value};
         let mut root = Dict::new();
         for (name, value) in std::env::vars() {
@@ -386,8 +384,7 @@ impl figment::Provider for RawEnv {
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
             let mut dict = &mut root;
             for part in &path[..path.len() - 1] {
-                let entry =
-                    dict.entry(part.clone()).or_insert_with(|| Value::from(Dict::new()));
+                let entry = dict.entry(part.clone()).or_insert_with(|| Value::from(Dict::new()));
                 if !matches!(entry, Value::Dict(..)) {
                     *entry = Value::from(Dict::new());
                 }
@@ -435,8 +432,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let num: u64 =
-        num.parse().map_err(|_| format!("expected a size such as \"256MiB\", got {text:?}"))?;
+    let num: u64 = num.parse().map_err(|_| format!("expected a size such as \"256MiB\", got {text:?}"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -485,7 +481,9 @@ fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> 
     match de_opt_string(d)? {
         None => Ok(None),
         Some(s) => Url::parse(&s).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!("expected a URL such as https://ghgate.example.com, got {s:?} ({e})"))
+            serde::de::Error::custom(format!(
+                "expected a URL such as https://ghgate.example.com, got {s:?} ({e})"
+            ))
         }),
     }
 }

@@ -89,11 +89,8 @@ impl RateLimit {
         let remaining = num(1)?;
         let reset = num(2).unwrap_or(0);
         let used = num(3).unwrap_or(limit.saturating_sub(remaining));
-        let resource = headers
-            .get(&RATE_LIMIT_HEADERS[4])
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("core")
-            .to_string();
+        let resource =
+            headers.get(&RATE_LIMIT_HEADERS[4]).and_then(|v| v.to_str().ok()).unwrap_or("core").to_string();
         Some(RateLimit { limit, remaining, used, reset, resource })
     }
 

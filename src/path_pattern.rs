@@ -63,7 +63,8 @@ impl PathPattern {
     pub fn matches<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
         let body = path.strip_prefix('/')?;
         let body = body.strip_suffix('/').unwrap_or(body);
-        let mut parts = if body.is_empty() { "".split('/').skip(1) } else { body.split('/').skip(0) };
+        // An empty path has no segments (not one empty segment).
+        let mut parts = body.split('/').filter(|_| !body.is_empty());
         let mut captures = Vec::new();
         for segment in &self.segments {
             let part = parts.next()?;

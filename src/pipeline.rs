@@ -232,7 +232,10 @@ impl Gateway {
                     let coalesce_key = coalesce_key(&request.key, &parts.headers);
                     let me = Arc::clone(self);
                     drop(self.fills.join(coalesce_key, move || me.fill(request).boxed()));
-                    return (self.entry_response(entry, partition, &parts.headers, head, now), Outcome::Stale);
+                    return (
+                        self.entry_response(entry, partition, &parts.headers, head, now),
+                        Outcome::Stale,
+                    );
                 }
             }
         }
@@ -253,7 +256,10 @@ impl Gateway {
                 Ok(fill) => (fill, role),
                 Err(panicked) => {
                     warn!(error = %panicked, "cache fill failed");
-                    let r = github::error_response(StatusCode::BAD_GATEWAY, "ghgate: internal error while fetching");
+                    let r = github::error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "ghgate: internal error while fetching",
+                    );
                     return (r, Outcome::Miss);
                 }
             }
@@ -358,7 +364,15 @@ impl Gateway {
             };
             let merged = policy::merge_not_modified(&prior.headers, &response_headers);
             let entry = self
-                .store_entry(&key, &partition, &path, &request_headers, prior.status, merged, prior.body.clone())
+                .store_entry(
+                    &key,
+                    &partition,
+                    &path,
+                    &request_headers,
+                    prior.status,
+                    merged,
+                    prior.body.clone(),
+                )
                 .await;
             let entry = match entry {
                 Some(entry) => entry,
@@ -407,7 +421,15 @@ impl Gateway {
         }
         let body = concat(chunks);
         let entry = self
-            .store_entry(&key, &partition, &path, &request_headers, status, response_headers.clone(), body.clone())
+            .store_entry(
+                &key,
+                &partition,
+                &path,
+                &request_headers,
+                status,
+                response_headers.clone(),
+                body.clone(),
+            )
             .await;
         if entry.is_none() && prior.is_some() {
             // A newer answer that may not be stored replaces the old one: forget it.
@@ -416,7 +438,13 @@ impl Gateway {
                 warn!(error = %e, "could not drop a replaced cache entry");
             }
         }
-        Fill::Complete(Arc::new(Answer { status, headers: response_headers, body, outcome: Outcome::Miss, entry }))
+        Fill::Complete(Arc::new(Answer {
+            status,
+            headers: response_headers,
+            body,
+            outcome: Outcome::Miss,
+            entry,
+        }))
     }
 
     /// Phase 5: stores an answer if the policy allows, returning the entry.
@@ -490,7 +518,8 @@ impl Gateway {
         };
         self.metrics.upstream_answer(Some(response.status()), took);
         self.record_rate_limit(partition, response.headers());
-        if is_unsafe(&parts.method) && (response.status().is_success() || response.status().is_redirection()) {
+        if is_unsafe(&parts.method) && (response.status().is_success() || response.status().is_redirection())
+        {
             self.invalidate_after_unsafe(parts.uri.path(), response.headers());
         }
         streamed_response(Streamed { response, prefix: Vec::new() }, parts.method == Method::HEAD)
@@ -546,7 +575,13 @@ impl Gateway {
         build_response(entry.status, headers, body)
     }
 
-    fn answer_response(&self, answer: &Answer, partition: &Partition, client: &HeaderMap, head: bool) -> Response {
+    fn answer_response(
+        &self,
+        answer: &Answer,
+        partition: &Partition,
+        client: &HeaderMap,
+        head: bool,
+    ) -> Response {
         if let Some(entry) = &answer.entry {
             return self.entry_response(entry, partition, client, head, SystemTime::now());
         }
@@ -595,7 +630,8 @@ fn is_unsafe(method: &Method) -> bool {
 }
 
 fn path_has_prefix(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
 }
 
 /// Whether the request's `Cache-Control` (or `Pragma`) holds a directive.

@@ -163,9 +163,17 @@ mod tests {
     #[test]
     fn enterprise_prefixes_and_lookalike_hosts() {
         let from = "https://ghe.example.com/api/v3";
-        let out = rewrite_urls("<https://ghe.example.com/api/v3/user/repos?page=2>; rel=\"next\"", from, "https://gw").unwrap();
+        let out = rewrite_urls(
+            "<https://ghe.example.com/api/v3/user/repos?page=2>; rel=\"next\"",
+            from,
+            "https://gw",
+        )
+        .unwrap();
         assert_eq!(out, "<https://gw/user/repos?page=2>; rel=\"next\"");
-        assert!(rewrite_urls("https://api.github.com.evil.com/x", "https://api.github.com", "http://gw").is_none());
+        assert!(
+            rewrite_urls("https://api.github.com.evil.com/x", "https://api.github.com", "http://gw")
+                .is_none()
+        );
         assert!(rewrite_urls("https://ghe.example.com/api/v31/x", from, "http://gw").is_none());
     }
 

@@ -76,9 +76,9 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     let proxy = TcpListener::bind(settings.server.listen)
         .await
         .map_err(|e| format!("server.listen: cannot listen on {}: {e}", settings.server.listen))?;
-    let admin = TcpListener::bind(settings.server.admin_listen)
-        .await
-        .map_err(|e| format!("server.admin_listen: cannot listen on {}: {e}", settings.server.admin_listen))?;
+    let admin = TcpListener::bind(settings.server.admin_listen).await.map_err(|e| {
+        format!("server.admin_listen: cannot listen on {}: {e}", settings.server.admin_listen)
+    })?;
     let proxy_addr = proxy.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
@@ -89,13 +89,16 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(serve(proxy, proxy_app, watcher.clone(), "proxy")));
     tasks.push(tokio::spawn(serve(admin, admin_app, watcher.clone(), "admin")));
-    let upkeep_metrics = Arc::clone(&metrics);
+    let upkeep_gateway = Arc::clone(&gateway);
     let mut upkeep_stop = watcher;
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = tick.tick() => upkeep_metrics.run_upkeep(),
+                _ = tick.tick() => {
+                    upkeep_gateway.store().maintain().await;
+                    upkeep_gateway.metrics().run_upkeep();
+                }
                 _ = upkeep_stop.changed() => break,
             }
         }
@@ -140,6 +143,7 @@ fn admin_router(gateway: Arc<Gateway>) -> Router {
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    gateway.store().maintain().await;
     let m = gateway.metrics();
     m.store_bytes.set(gateway.store().size_bytes() as f64);
     m.store_entries.set(gateway.store().entry_count() as f64);
@@ -158,6 +162,7 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
 
 async fn status_page(State(gateway): State<Arc<Gateway>>) -> Response {
     let store = gateway.store();
+    store.maintain().await;
     let text = format!(
         "ghgate {}\nstore: {}\nentries: {}\nbytes: {} of {}\nmetrics: /metrics\n",
         env!("CARGO_PKG_VERSION"),

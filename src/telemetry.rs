@@ -15,8 +15,7 @@ static METADATA: Metadata<'static> = Metadata::new("ghgate", Level::INFO, Some("
 
 /// Latency buckets in seconds: from a 50 µs cache hit to a slow upstream.
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
 /// Upstream status classes, as metric labels.
@@ -86,7 +85,8 @@ impl Metrics {
         let outcome_key = |name: &'static str, o: Outcome| {
             Key::from_parts(name, vec![Label::new("outcome", o.as_str().to_ascii_lowercase())])
         };
-        let requests = PerOutcome::new(|o| r.register_counter(&outcome_key("ghgate_requests_total", o), &METADATA));
+        let requests =
+            PerOutcome::new(|o| r.register_counter(&outcome_key("ghgate_requests_total", o), &METADATA));
         let request_duration = PerOutcome::new(|o| {
             r.register_histogram(&outcome_key("ghgate_request_duration_seconds", o), &METADATA)
         });

@@ -66,7 +66,10 @@ pub fn request_headers(client: &HeaderMap) -> HeaderMap {
         headers.remove(http::header::ACCEPT);
     }
     if !headers.contains_key(http::header::USER_AGENT) {
-        headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("ghgate/", env!("CARGO_PKG_VERSION"))));
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(concat!("ghgate/", env!("CARGO_PKG_VERSION"))),
+        );
     }
     headers
 }
@@ -146,9 +149,15 @@ mod tests {
 
     #[test]
     fn enterprise_base_paths_are_kept() {
-        let s = UpstreamSettings { url: Url::parse("https://ghe.example.com/api/v3/").unwrap(), ..Default::default() };
+        let s = UpstreamSettings {
+            url: Url::parse("https://ghe.example.com/api/v3/").unwrap(),
+            ..Default::default()
+        };
         let up = Upstream::new(&s).unwrap();
-        assert_eq!(up.url_for("/repos/o/r?page=2").unwrap().as_str(), "https://ghe.example.com/api/v3/repos/o/r?page=2");
+        assert_eq!(
+            up.url_for("/repos/o/r?page=2").unwrap().as_str(),
+            "https://ghe.example.com/api/v3/repos/o/r?page=2"
+        );
     }
 
     #[test]

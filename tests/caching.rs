@@ -177,7 +177,13 @@ async fn no_store_answers_are_not_stored() {
     // A client's own `no-store` bypasses the cache too.
     fake.put(REPO, Resource::json(REPO_JSON));
     for _ in 0..2 {
-        let r = gw.client.get(format!("{}{REPO}", gw.url)).header("cache-control", "no-store").send().await.unwrap();
+        let r = gw
+            .client
+            .get(format!("{}{REPO}", gw.url))
+            .header("cache-control", "no-store")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(outcome(&r), "BYPASS");
     }
     assert_eq!(fake.requests_for(REPO), 2);
@@ -207,10 +213,26 @@ async fn writes_and_graphql_always_go_upstream_and_invalidate_reads() {
             assert_eq!(outcome(&r), "BYPASS");
         }
     }
-    let graphql = gw.client.post(format!("{}/graphql", gw.url)).body(r#"{"query":"{viewer{login}}"}"#).send().await.unwrap();
+    let graphql = gw
+        .client
+        .post(format!("{}/graphql", gw.url))
+        .body(r#"{"query":"{viewer{login}}"}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(outcome(&graphql), "BYPASS");
-    let graphql = gw.client.post(format!("{}/graphql", gw.url)).body(r#"{"query":"{viewer{login}}"}"#).send().await.unwrap();
-    assert_eq!(graphql.text().await.unwrap(), r#"{"query":"{viewer{login}}"}"#, "request bodies pass through");
+    let graphql = gw
+        .client
+        .post(format!("{}/graphql", gw.url))
+        .body(r#"{"query":"{viewer{login}}"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        graphql.text().await.unwrap(),
+        r#"{"query":"{viewer{login}}"}"#,
+        "request bodies pass through"
+    );
     assert_eq!(fake.requests_for("/graphql"), 2);
     let writes = fake.log().iter().filter(|(m, p, _)| m != "GET" && p == REPO).count();
     assert_eq!(writes, 6);
@@ -270,9 +292,10 @@ async fn pagination_links_lead_back_through_the_gateway() {
         assert!(!outcome(&r).is_empty());
         let link = r.headers().get("link").unwrap().to_str().unwrap().to_string();
         assert!(!link.contains(&fake.url()), "upstream URL leaked: {link}");
-        next = link.split(',').find(|l| l.contains("rel=\"next\"")).map(|l| {
-            l.trim().trim_start_matches('<').split('>').next().unwrap().to_string()
-        });
+        next = link
+            .split(',')
+            .find(|l| l.contains("rel=\"next\""))
+            .map(|l| l.trim().trim_start_matches('<').split('>').next().unwrap().to_string());
         pages += 1;
     }
     assert_eq!(pages, 4);
@@ -290,7 +313,9 @@ async fn enterprise_base_paths_are_kept_upstream_and_hidden_from_clients() {
     let link = r.headers()["link"].to_str().unwrap();
     assert!(link.starts_with(&format!("<{}/repos/octo/hello/issues?page=2>", gw.url)), "{link}");
     // The configured public URL wins over the Host header.
-    let gw2 = start_gateway(&fake.url(), |s| s.server.public_url = Some("https://gh.example.com".parse().unwrap())).await;
+    let gw2 =
+        start_gateway(&fake.url(), |s| s.server.public_url = Some("https://gh.example.com".parse().unwrap()))
+            .await;
     let r = gw2.get("/repos/octo/hello/issues", Some("t")).await;
     assert!(r.headers()["link"].to_str().unwrap().starts_with("<https://gh.example.com/repos/"));
 }
@@ -302,11 +327,25 @@ async fn a_client_conditional_request_that_matches_gets_a_304_from_the_cache() {
     let gw = start_gateway(&fake.url(), |_| {}).await;
     let first = gw.get(REPO, Some("t")).await;
     let etag = first.headers()["etag"].to_str().unwrap().to_string();
-    let r = gw.client.get(format!("{}{REPO}", gw.url)).header("authorization", "token t").header("if-none-match", &etag).send().await.unwrap();
+    let r = gw
+        .client
+        .get(format!("{}{REPO}", gw.url))
+        .header("authorization", "token t")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
     assert_eq!(outcome(&r), "HIT");
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
-    let other = gw.client.get(format!("{}{REPO}", gw.url)).header("authorization", "token t").header("if-none-match", "\"nope\"").send().await.unwrap();
+    let other = gw
+        .client
+        .get(format!("{}{REPO}", gw.url))
+        .header("authorization", "token t")
+        .header("if-none-match", "\"nope\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status(), 200);
     assert_eq!(fake.requests(), 1);
 }
@@ -317,9 +356,25 @@ async fn a_client_conditional_miss_goes_upstream_as_is_and_costs_nothing() {
     fake.put(REPO, Resource::json(REPO_JSON));
     let gw = start_gateway(&fake.url(), |_| {}).await;
     // Learn the ETag GitHub gives this token, as a client with its own cache would have.
-    let etag = support::client().get(format!("{}{REPO}", fake.url())).header("authorization", "token t").send().await.unwrap().headers()["etag"].to_str().unwrap().to_string();
+    let etag = support::client()
+        .get(format!("{}{REPO}", fake.url()))
+        .header("authorization", "token t")
+        .send()
+        .await
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let charged = fake.charged();
-    let r = gw.client.get(format!("{}{REPO}", gw.url)).header("authorization", "token t").header("if-none-match", &etag).send().await.unwrap();
+    let r = gw
+        .client
+        .get(format!("{}{REPO}", gw.url))
+        .header("authorization", "token t")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
     assert_eq!(fake.charged(), charged, "the client's free 304 stays free");
 }
@@ -402,7 +457,8 @@ async fn head_is_answered_from_the_get_entry_without_a_body() {
     fake.put(REPO, Resource::json(REPO_JSON));
     let gw = start_gateway(&fake.url(), |_| {}).await;
     gw.get(REPO, Some("t")).await;
-    let r = gw.client.head(format!("{}{REPO}", gw.url)).header("authorization", "token t").send().await.unwrap();
+    let r =
+        gw.client.head(format!("{}{REPO}", gw.url)).header("authorization", "token t").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(outcome(&r), "HIT");
     assert_eq!(r.bytes().await.unwrap().len(), 0);

@@ -84,8 +84,7 @@ impl CachedResponse {
 
     /// Approximate bytes held, for the store's size bound.
     pub fn weight(&self) -> usize {
-        let headers: usize =
-            self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+        let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
         self.body.len() + headers + self.path_key.len() + 256
     }
 

@@ -66,7 +66,8 @@ mod tests {
     #[test]
     fn client_spellings_of_default_json_share_a_key() {
         let p = Partition::anonymous();
-        let octokit = CacheKey::new(&p, "/repos/o/r", &headers(&[("accept", "application/vnd.github.v3+json")]));
+        let octokit =
+            CacheKey::new(&p, "/repos/o/r", &headers(&[("accept", "application/vnd.github.v3+json")]));
         let octocrab = CacheKey::new(&p, "/repos/o/r", &headers(&[("content-length", "0")]));
         let gh = CacheKey::new(&p, "/repos/o/r", &headers(&[("accept", "")]));
         let pygithub = CacheKey::new(&p, "/repos/o/r", &headers(&[("accept", "*/*")]));
@@ -84,7 +85,11 @@ mod tests {
         let base = CacheKey::new(&anon, "/repos/o/r/pulls/1", &HeaderMap::new());
         assert_ne!(base, CacheKey::new(&a, "/repos/o/r/pulls/1", &HeaderMap::new()));
         assert_ne!(base, CacheKey::new(&anon, "/repos/o/r/pulls/1?x=1", &HeaderMap::new()));
-        let diff = CacheKey::new(&anon, "/repos/o/r/pulls/1", &headers(&[("accept", "application/vnd.github.diff")]));
+        let diff = CacheKey::new(
+            &anon,
+            "/repos/o/r/pulls/1",
+            &headers(&[("accept", "application/vnd.github.diff")]),
+        );
         assert_ne!(base, diff);
         assert_eq!(base.path_key, diff.path_key);
     }

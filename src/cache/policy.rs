@@ -160,8 +160,7 @@ impl FreshnessPolicy {
             self.settings.stale_if_error,
             directives.stale_if_error,
         );
-        let keep_stale_for =
-            self.settings.retain_stale.max(stale_while_revalidate).max(stale_if_error);
+        let keep_stale_for = self.settings.retain_stale.max(stale_while_revalidate).max(stale_if_error);
         Some(Verdict {
             freshness: Freshness { fresh_for, stale_while_revalidate, stale_if_error, keep_stale_for },
             initial_age: policy.age(response_time),
@@ -201,7 +200,10 @@ impl Directives {
                 }
             }
         }
-        if headers.get_all(http::header::PRAGMA).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+        if headers
+            .get_all(http::header::PRAGMA)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
             && !headers.contains_key(http::header::CACHE_CONTROL)
         {
             d.no_cache = true;
@@ -302,7 +304,14 @@ mod tests {
         let req = headers(&[("authorization", "token x")]);
         let v = policy.evaluate(&private(), "/repos/o/r", &req, StatusCode::OK, &github_headers(), now);
         assert_eq!(v.unwrap().freshness.fresh_for.as_secs(), 60);
-        let anon = policy.evaluate(&Partition::anonymous(), "/repos/o/r", &HeaderMap::new(), StatusCode::OK, &github_headers(), now);
+        let anon = policy.evaluate(
+            &Partition::anonymous(),
+            "/repos/o/r",
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &github_headers(),
+            now,
+        );
         assert!(anon.is_none(), "private answers must not enter the shared partition");
     }
 
@@ -315,7 +324,9 @@ mod tests {
         let h = headers(&[("cache-control", "max-age=60"), ("vary", "*")]);
         assert!(policy.evaluate(&private(), "/x", &HeaderMap::new(), StatusCode::OK, &h, now).is_none());
         let h = headers(&[("cache-control", "max-age=60")]);
-        assert!(policy.evaluate(&private(), "/x", &HeaderMap::new(), StatusCode::NOT_FOUND, &h, now).is_none());
+        assert!(
+            policy.evaluate(&private(), "/x", &HeaderMap::new(), StatusCode::NOT_FOUND, &h, now).is_none()
+        );
     }
 
     #[test]
@@ -338,7 +349,9 @@ mod tests {
         let policy = FreshnessPolicy::new(settings);
         let now = SystemTime::now();
         let h = github_headers();
-        let v = policy.evaluate(&private(), "/repos/o/r/contents/a.md", &HeaderMap::new(), StatusCode::OK, &h, now).unwrap();
+        let v = policy
+            .evaluate(&private(), "/repos/o/r/contents/a.md", &HeaderMap::new(), StatusCode::OK, &h, now)
+            .unwrap();
         assert_eq!(v.freshness.fresh_for.as_secs(), 600);
         assert_eq!(v.freshness.stale_while_revalidate.as_secs(), 30);
         let v = policy.evaluate(&private(), "/users/x", &HeaderMap::new(), StatusCode::OK, &h, now).unwrap();
@@ -347,7 +360,9 @@ mod tests {
         let v = policy.evaluate(&private(), "/users/x", &HeaderMap::new(), StatusCode::OK, &h, now).unwrap();
         assert_eq!(v.freshness.stale_if_error, Duration::ZERO);
         let h = headers(&[("cache-control", "no-cache")]);
-        let v = policy.evaluate(&private(), "/repos/o/r/contents/a.md", &HeaderMap::new(), StatusCode::OK, &h, now).unwrap();
+        let v = policy
+            .evaluate(&private(), "/repos/o/r/contents/a.md", &HeaderMap::new(), StatusCode::OK, &h, now)
+            .unwrap();
         assert_eq!(v.freshness.fresh_for, Duration::ZERO, "min_fresh never overrides no-cache");
     }
 

@@ -24,7 +24,13 @@ impl Expiry<String, Stored> for ByTtl {
         Some(value.ttl)
     }
 
-    fn expire_after_update(&self, _: &String, value: &Stored, _: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Stored,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -54,7 +60,12 @@ impl Store for MemoryStore {
         async move { Ok(self.cache.get(key).await.map(|s| s.entry)) }.boxed()
     }
 
-    fn put(&self, key: String, entry: Arc<CachedResponse>, ttl: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn put(
+        &self,
+        key: String,
+        entry: Arc<CachedResponse>,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         async move {
             self.cache.insert(key, Stored { entry, ttl }).await;
             Ok(())
@@ -68,6 +79,10 @@ impl Store for MemoryStore {
             Ok(())
         }
         .boxed()
+    }
+
+    fn maintain(&self) -> BoxFuture<'_, ()> {
+        self.cache.run_pending_tasks().boxed()
     }
 
     fn size_bytes(&self) -> u64 {

@@ -25,10 +25,19 @@ pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Arc<CachedResponse>>, StoreError>>;
 
     /// Stores `entry` under `key`, to be forgotten after `ttl`.
-    fn put(&self, key: String, entry: Arc<CachedResponse>, ttl: Duration) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn put(
+        &self,
+        key: String,
+        entry: Arc<CachedResponse>,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Forgets `key`.
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Runs pending housekeeping (evictions, size accounting) so that the sizes below are
+    /// current; called before metrics are rendered and every few seconds.
+    fn maintain(&self) -> BoxFuture<'_, ()>;
 
     /// Bytes held now (approximate, as weighed by the backend).
     fn size_bytes(&self) -> u64;

@@ -142,7 +142,10 @@ impl FakeGitHub {
         let shutdown = Arc::new(tokio::sync::Notify::new());
         let stop = Arc::clone(&shutdown);
         tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.notified().await }).await.unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+                .unwrap();
         });
         FakeGitHub { state, addr, shutdown }
     }
@@ -253,7 +256,8 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
         *inner.per_path.entry(path.clone()).or_default() += 1;
         let pq = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
         inner.log.push((parts.method.clone(), pq, parts.headers.clone()));
-        let failure = inner.fail_always.or_else(|| (!inner.failures.is_empty()).then(|| inner.failures.remove(0)));
+        let failure =
+            inner.fail_always.or_else(|| (!inner.failures.is_empty()).then(|| inner.failures.remove(0)));
         (inner.delay, failure, inner.max_age)
     };
     if !delay.is_zero() {
@@ -297,13 +301,21 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
         }
     }
     let accept = req.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let (variant, body, content_type) = match resource.variants.iter().find(|(frag, _)| accept.contains(frag.as_str())) {
-        Some((frag, body)) => (frag.clone(), body.clone(), "text/plain; charset=utf-8".to_string()),
-        None => ("json".to_string(), resource.json.clone(), "application/json; charset=utf-8".to_string()),
-    };
+    let (variant, body, content_type) =
+        match resource.variants.iter().find(|(frag, _)| accept.contains(frag.as_str())) {
+            Some((frag, body)) => (frag.clone(), body.clone(), "text/plain; charset=utf-8".to_string()),
+            None => {
+                ("json".to_string(), resource.json.clone(), "application/json; charset=utf-8".to_string())
+            }
+        };
     // Pagination: `?page=N` of a list resource, with absolute Link URLs like GitHub's.
-    let page: u64 = query.split('&').find_map(|kv| kv.strip_prefix("page=")).and_then(|p| p.parse().ok()).unwrap_or(1);
-    let body = if query.contains("page=") || path.ends_with("/issues") { format!(r#"{{"page":{page},"items":{body}}}"#) } else { body };
+    let page: u64 =
+        query.split('&').find_map(|kv| kv.strip_prefix("page=")).and_then(|p| p.parse().ok()).unwrap_or(1);
+    let body = if query.contains("page=") || path.ends_with("/issues") {
+        format!(r#"{{"page":{page},"items":{body}}}"#)
+    } else {
+        body
+    };
 
     let mut hasher = Sha256::new();
     hasher.update(format!("{path}|{query}|{}|{variant}|{cred}", resource.version));
@@ -325,14 +337,15 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
     headers.insert("content-type", HeaderValue::from_str(&content_type).unwrap());
     headers.insert("x-github-media-type", HeaderValue::from_static("github.v3; format=json"));
     if resource.send_last_modified {
-        headers.insert("last-modified", HeaderValue::from_str(&httpdate::fmt_http_date(resource.modified)).unwrap());
+        headers.insert(
+            "last-modified",
+            HeaderValue::from_str(&httpdate::fmt_http_date(resource.modified)).unwrap(),
+        );
     }
     if query.contains("page=") || path.ends_with("/issues") {
         let base = state.base.lock().unwrap().clone();
-        let link = format!(
-            "<{base}{path}?page={}>; rel=\"next\", <{base}{path}?page=5>; rel=\"last\"",
-            page + 1
-        );
+        let link =
+            format!("<{base}{path}?page={}>; rel=\"next\", <{base}{path}?page=5>; rel=\"last\"", page + 1);
         headers.insert("link", HeaderValue::from_str(&link).unwrap());
     }
 
@@ -340,7 +353,9 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
     let not_modified = if let Some(inm) = req.get("if-none-match").and_then(|v| v.to_str().ok()) {
         inm.split(',').any(|t| t.trim().trim_start_matches("W/") == etag.trim_start_matches("W/"))
     } else if let Some(ims) = req.get("if-modified-since").and_then(|v| v.to_str().ok()) {
-        httpdate::parse_http_date(ims).map(|since| resource.modified <= since + Duration::from_secs(0)).unwrap_or(false)
+        httpdate::parse_http_date(ims)
+            .map(|since| resource.modified <= since + Duration::from_secs(0))
+            .unwrap_or(false)
             && resource.send_last_modified
     } else {
         false
@@ -352,7 +367,14 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
     respond(state, cred, StatusCode::OK, body, headers, true)
 }
 
-fn respond(state: &FakeState, cred: &str, status: StatusCode, body: String, mut headers: HeaderMap, charge: bool) -> Response {
+fn respond(
+    state: &FakeState,
+    cred: &str,
+    status: StatusCode,
+    body: String,
+    mut headers: HeaderMap,
+    charge: bool,
+) -> Response {
     let limit = if cred == "anonymous" { LIMIT_ANONYMOUS } else { LIMIT_AUTHENTICATED };
     let used = {
         let mut inner = state.inner.lock().unwrap();

@@ -54,11 +54,7 @@ pub async fn start_gateway(upstream: &str, tweak: impl FnOnce(&mut Settings)) ->
 
 /// A plain test client.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap()
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap()
 }
 
 impl TestGateway {

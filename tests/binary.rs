@@ -1,0 +1,185 @@
+//! The `ghgate` binary as operators run it: `check-config` and `serve` with flags alone.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{FakeGitHub, Resource, outcome};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ghgate");
+
+fn check_config(toml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ghgate.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check-config").arg("--config").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let toml = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "https://gh.example.com"
+
+[upstream]
+url = "https://ghe.example.com/api/v3"
+timeout = "20s"
+
+[cache]
+max_bytes = "64MiB"
+stale_if_error = "10m"
+
+[[cache.rules]]
+path = "/repos/{owner}/{repo}/contents/**"
+min_fresh = "5m"
+"#;
+    let (ok, stdout, stderr) = check_config(toml, &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("valid"));
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_non_zero() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        ("[cache]\nmax_bytes = \"lots\"\n", &[], "cache.max_bytes"),
+        ("[server]\nlisten = \"port eighty\"\n", &[], "server.listen"),
+        ("[upstream]\nurl = \"ftp://example.com\"\n", &[], "upstream.url"),
+        ("[cache]\nmax_bites = 1\n", &[], "max_bites"),
+        ("[[cache.rules]]\npath = \"no-slash\"\n", &[], "cache.rules"),
+        ("", &[("GHGATE_UPSTREAM__TIMEOUT", "soon")], "upstream.timeout"),
+    ];
+    for (toml, env, key) in cases {
+        let (ok, _, stderr) = check_config(toml, env);
+        assert!(!ok, "{toml:?} should fail");
+        assert!(stderr.contains(key), "{toml:?}: message should name {key}: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_reports_a_missing_file() {
+    let out =
+        Command::new(BIN).args(["check-config", "--config", "/nonexistent/ghgate.toml"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ghgate.toml"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn serve_runs_with_flags_alone_stops_on_sigterm_and_never_logs_credentials() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json(r#"{"id":1}"#));
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
+        .args(["--upstream", &fake.url()])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "debug")
+        .env_remove("GHGATE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = support::client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{admin_port}/healthz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "gateway did not become healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secret_token = "ghp_SuperSecretToken1234567890";
+    for expected in ["MISS", "HIT"] {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}/repos/octo/hello"))
+            .header("authorization", format!("token {secret_token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(outcome(&r), expected);
+    }
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(support::metric_value(&metrics, "ghgate_requests_total{outcome=\"hit\"}"), 1.0, "{metrics}");
+    let ready = client.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // The embedded default keeps its secret in ./ghgate-data, readable by the owner only.
+    let secret_file = dir.path().join("ghgate-data/secret");
+    assert!(secret_file.is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&secret_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "graceful stop exits 0: {status}");
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.contains("ghgate listening"), "{logs}");
+    assert!(logs.contains("ghgate::access"), "debug logs show each request: {logs}");
+    assert!(!logs.contains("SuperSecretToken"), "a credential reached the logs:\n{logs}");
+}
+
+#[test]
+fn serve_refuses_bad_flags_and_busy_ports_with_a_message() {
+    let out = Command::new(BIN).args(["serve", "--upstream", "not a url"]).output().unwrap();
+    assert!(!out.status.success());
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("server.listen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,85 @@
+//! Malformed requests get a clear error and the gateway keeps serving; the admin listener
+//! reports what happened.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{FakeGitHub, Resource, outcome, start_gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_an_error_and_the_gateway_keeps_serving() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let addr = gw.running.proxy_addr;
+
+    let cases = [
+        "GET http://evil.example/repos/octo/hello HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        "GET /repos/octo/../../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /repos/%2e%2e/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\nConnection: close\r\n\r\n",
+    ];
+    for case in cases {
+        let answer = raw(addr, case).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{case:?} → {answer}");
+        assert!(answer.contains("\"documentation_url\""), "GitHub-shaped error for {case:?}: {answer}");
+    }
+    // Garbage never reaches the pipeline; hyper refuses it.
+    let answer = raw(addr, "NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let huge_header = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    let answer = raw(addr, &huge_header).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431") || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+
+    assert_eq!(fake.requests(), 0, "nothing malformed went upstream");
+    let r = gw.get("/repos/octo/hello", Some("t")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(outcome(&r), "MISS");
+    assert!(gw.metric("ghgate_bad_requests_total").await >= 4.0);
+}
+
+#[tokio::test]
+async fn the_admin_listener_serves_metrics_health_and_status_apart_from_the_proxy() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    gw.get("/repos/octo/hello", Some("t")).await;
+    gw.get("/repos/octo/hello", Some("t")).await;
+    gw.get("/repos/octo/missing", Some("t")).await;
+
+    let m = gw.metrics().await;
+    assert_eq!(support::metric_value(&m, "ghgate_requests_total{outcome=\"hit\"}"), 1.0, "{m}");
+    assert_eq!(support::metric_value(&m, "ghgate_requests_total{outcome=\"miss\"}"), 2.0);
+    assert_eq!(support::metric_value(&m, "ghgate_upstream_requests_total{status=\"2xx\"}"), 1.0);
+    assert_eq!(support::metric_value(&m, "ghgate_upstream_requests_total{status=\"4xx\"}"), 1.0);
+    assert_eq!(support::metric_value(&m, "ghgate_ratelimit_units_spent_total"), 2.0);
+    assert_eq!(support::metric_value(&m, "ghgate_cache_stores_total"), 1.0);
+    assert!(support::metric_value(&m, "ghgate_store_bytes") > 0.0);
+    assert_eq!(support::metric_value(&m, "ghgate_store_entries"), 1.0);
+    assert!(
+        m.contains("ghgate_request_duration_seconds_bucket{outcome=\"hit\",le=\"0.001\"}"),
+        "histograms have buckets: {m}"
+    );
+
+    for path in ["/healthz", "/readyz", "/"] {
+        let r = gw.client.get(format!("{}{path}", gw.admin_url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    // The proxy listener does not serve admin paths: they go upstream like any other path.
+    let r = gw.client.get(format!("{}/metrics", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("Not Found"));
+}
