@@ -470,8 +470,10 @@ impl Gateway {
             .collect();
         let entry = Arc::new(CachedResponse {
             status,
-            headers,
-            body,
+            headers: detach_headers(&headers),
+            // A copy of exactly the body's size: the chunk it came in may be a slice of a much
+            // larger read buffer, which would stay pinned for the entry's whole life.
+            body: Bytes::copy_from_slice(&body),
             response_time: now,
             initial_age: verdict.initial_age,
             freshness: verdict.freshness,
@@ -684,6 +686,18 @@ fn concat(chunks: Vec<Bytes>) -> Bytes {
             Bytes::from(all)
         }
     }
+}
+
+/// Copies header values out of the connection's read buffer (hyper hands out slices of it),
+/// so a stored entry pins only its own bytes.
+fn detach_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
 }
 
 fn build_response(status: StatusCode, headers: HeaderMap, body: Body) -> Response {

@@ -118,6 +118,8 @@ pub struct FakeGitHub {
 }
 
 const LIMIT_AUTHENTICATED: u64 = 5000;
+/// The request log keeps at most this many entries (benchmarks send millions).
+const LOG_LIMIT: usize = 20_000;
 const LIMIT_ANONYMOUS: u64 = 60;
 
 impl FakeGitHub {
@@ -126,9 +128,18 @@ impl FakeGitHub {
         Self::start_with_prefix("").await
     }
 
+    /// Starts the fake on a chosen loopback port (0 for any).
+    pub async fn start_on(port: u16) -> FakeGitHub {
+        Self::listen(port, "").await
+    }
+
     /// Starts the fake serving under a path prefix, like GitHub Enterprise's `/api/v3`.
     pub async fn start_with_prefix(prefix: &str) -> FakeGitHub {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::listen(0, prefix).await
+    }
+
+    async fn listen(port: u16, prefix: &str) -> FakeGitHub {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(FakeState {
             inner: Mutex::new(Inner { max_age: 60, ..Inner::default() }),
@@ -255,6 +266,9 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
         let mut inner = state.inner.lock().unwrap();
         *inner.per_path.entry(path.clone()).or_default() += 1;
         let pq = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+        if inner.log.len() >= LOG_LIMIT {
+            inner.log.drain(..LOG_LIMIT / 2);
+        }
         inner.log.push((parts.method.clone(), pq, parts.headers.clone()));
         let failure =
             inner.fail_always.or_else(|| (!inner.failures.is_empty()).then(|| inner.failures.remove(0)));

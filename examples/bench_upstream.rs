@@ -1,0 +1,42 @@
+//! A fast GitHub-like upstream for the load benchmark (`bench/hit_path.sh`): the test suite's
+//! fake GitHub, serving `/repos/octo/hello` and `/bench/0` … `/bench/{N-1}` with GitHub's
+//! caching headers, ETags and rate-limit headers, until killed.
+//!
+//! Usage: `bench_upstream --port 18181 --resources 10000`
+
+#[path = "../tests/support/fake_github.rs"]
+mod fake_github;
+
+use fake_github::{FakeGitHub, Resource};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A repository body about the size of GitHub's (a real one is 5–7 KB).
+fn repo_json(n: u64) -> String {
+    let filler = "x".repeat(1500);
+    format!(
+        r#"{{"id":{n},"name":"repo-{n}","full_name":"octo/repo-{n}","private":false,"description":"{filler}","url":"https://api.github.com/repos/octo/repo-{n}","stargazers_count":{n}}}"#
+    )
+}
+
+fn main() {
+    let port = arg("--port", 18181) as u16;
+    let resources = arg("--resources", 10_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let fake = FakeGitHub::start_on(port).await;
+        fake.put("/repos/octo/hello", Resource::json(repo_json(0)));
+        for n in 0..resources {
+            fake.put(&format!("/bench/{n}"), Resource::json(repo_json(n)));
+        }
+        println!("bench upstream on {} with {} resources", fake.url(), resources + 1);
+        std::future::pending::<()>().await;
+    });
+}
