@@ -183,3 +183,10 @@ fn serve_refuses_bad_flags_and_busy_ports_with_a_message() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_example_settings_file_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/ghgate.example.toml");
+    let out = Command::new(BIN).args(["check-config", "--config", path]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
