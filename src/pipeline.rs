@@ -413,7 +413,7 @@ impl Gateway {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let error = UpstreamError::BadBody(upstream::error_chain(&e));
+                    let error = UpstreamError::BadBody(upstream::error_chain(&e.without_url()));
                     warn!(%error, path = %path, "upstream body failed; nothing cached");
                     return stale_fallback(&prior).unwrap_or_else(|| Fill::Failed(Arc::new(error)));
                 }

@@ -125,7 +125,8 @@ impl Upstream {
         match tokio::time::timeout(self.timeout, request.send()).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+            // Without the URL: its query may carry a secret (`?client_secret=`).
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e.without_url()))),
             Ok(Ok(response)) => Ok((response, started.elapsed())),
         }
     }

@@ -524,3 +524,54 @@ async fn freshness_rules_extend_and_bound_freshness_per_path() {
     assert_eq!(outcome(&gw.get(REPO, Some("t")).await), "HIT", "min_fresh keeps it fresh");
     assert_eq!(outcome(&gw.get("/users/octo", Some("t")).await), "REVALIDATED");
 }
+
+#[tokio::test]
+async fn redirects_are_passed_back_with_their_location_behind_the_gateway() {
+    let fake = FakeGitHub::start().await;
+    fake.redirect("/repos/octo/old-name", 301, "/repositories/42");
+    fake.put("/repositories/42", Resource::json(r#"{"id":42}"#));
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let r = gw.get("/repos/octo/old-name", Some("t")).await;
+    assert_eq!(r.status(), 301, "not followed");
+    assert_eq!(r.headers()["location"].to_str().unwrap(), format!("{}/repositories/42", gw.url));
+    assert_eq!(fake.requests_for("/repositories/42"), 0);
+}
+
+#[tokio::test]
+async fn requests_reach_upstream_with_their_method_path_query_and_body_but_no_hop_by_hop_headers() {
+    let fake = FakeGitHub::start().await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let body = "x".repeat(3 * 1024 * 1024);
+    let r = gw
+        .client
+        .put(format!("{}/repos/octo/hello/contents/big.txt?ref=main", gw.url))
+        .header("authorization", "token t")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("x-custom", "kept")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().len(), body.len(), "a 3 MiB body made the round trip");
+    let log = fake.log();
+    let (method, path, headers) = log.last().unwrap();
+    assert_eq!(method, "PUT");
+    assert_eq!(path, "/repos/octo/hello/contents/big.txt?ref=main");
+    assert_eq!(headers["x-custom"], "kept");
+    assert!(headers.get("x-hop").is_none());
+    assert_eq!(headers["authorization"], "token t");
+}
+
+#[tokio::test]
+async fn upstream_errors_never_echo_the_query_string() {
+    let fake = FakeGitHub::start().await;
+    let url = fake.url();
+    fake.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gw = start_gateway(&url, |_| {}).await;
+    let r = gw.get("/applications/grant?client_secret=hunter2", None).await;
+    assert_eq!(r.status(), 502);
+    assert!(!r.text().await.unwrap().contains("hunter2"));
+}

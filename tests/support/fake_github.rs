@@ -88,6 +88,8 @@ struct Inner {
     fail_always: Option<u16>,
     delay: Duration,
     max_age: u64,
+    /// Paths that answer with a redirect: (status, target path under the base).
+    redirects: HashMap<String, (u16, String)>,
     /// Requests per path.
     per_path: HashMap<String, u64>,
     /// Request log: (method, path and query, headers).
@@ -168,12 +170,18 @@ impl FakeGitHub {
 
     /// Stops accepting connections (the port then refuses).
     pub fn stop(&self) {
-        self.shutdown.notify_waiters();
+        self.shutdown.notify_one();
     }
 
     /// Adds or replaces a resource.
     pub fn put(&self, path: &str, resource: Resource) {
         self.state.inner.lock().unwrap().resources.insert(path.to_string(), resource);
+    }
+
+    /// Makes `path` answer `status` with an absolute `Location` to `target` (as GitHub does
+    /// for renamed repositories).
+    pub fn redirect(&self, path: &str, status: u16, target: &str) {
+        self.state.inner.lock().unwrap().redirects.insert(path.to_string(), (status, target.to_string()));
     }
 
     /// Changes a resource's body (new version, new ETag, new Last-Modified).
@@ -303,6 +311,14 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
 }
 
 fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, max_age: u64) -> Response {
+    let redirect = state.inner.lock().unwrap().redirects.get(path).cloned();
+    if let Some((status, target)) = redirect {
+        let base = state.base.lock().unwrap().clone();
+        let mut headers = HeaderMap::new();
+        headers.insert("location", HeaderValue::from_str(&format!("{base}{target}")).unwrap());
+        let body = format!(r#"{{"message":"Moved Permanently","url":"{base}{target}"}}"#);
+        return respond(state, cred, StatusCode::from_u16(status).unwrap(), body, headers, true);
+    }
     let resource = state.inner.lock().unwrap().resources.get(path).cloned();
     let Some(resource) = resource else {
         let (s, b) = json_error(StatusCode::NOT_FOUND, "Not Found");
