@@ -67,6 +67,7 @@ fn entry() -> CachedResponse {
             (HeaderName::from_static("x-github-otp"), None),
         ],
         path_key: "/repositories/1/issues".into(),
+        credential_tag: None,
     }
 }
 

@@ -31,6 +31,116 @@ pub struct Settings {
     pub store: StoreSettings,
     /// How logs look.
     pub log: LogSettings,
+    /// How the GitHub App broker mints and shares installation tokens.
+    pub broker: BrokerSettings,
+    /// GitHub Apps whose installation tokens the gateway mints (`[[apps]]`).
+    pub apps: Vec<AppSettings>,
+    /// Gateway clients that use those apps through a client key (`[[clients]]`).
+    pub clients: Vec<ClientSettings>,
+}
+
+/// `[broker]`: installation-token policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// Whether requests carrying their own GitHub token (not a client key) are forwarded.
+    pub allow_pass_through: bool,
+    /// A token is replaced this long before its `expires_at`.
+    #[serde(with = "duration")]
+    pub token_refresh_buffer: Duration,
+    /// How a freshly minted token is first used: `retry` uses it at once and, on a 401 within
+    /// `settle_delay`, waits `settle_retry_interval` and tries again; `wait` holds every
+    /// request until `settle_delay` has passed since the mint.
+    pub fresh_token_strategy: FreshTokenStrategy,
+    /// How long GitHub may take to accept a new token everywhere (GitHub Support: about 2 s).
+    #[serde(with = "duration")]
+    pub settle_delay: Duration,
+    /// Pause between tries of a token that is not accepted yet (`retry` strategy).
+    #[serde(with = "duration")]
+    pub settle_retry_interval: Duration,
+    /// How long "app not installed on this owner" is remembered. Zero turns it off.
+    #[serde(with = "duration")]
+    pub not_installed_ttl: Duration,
+    /// How long an owner's installation id is remembered.
+    #[serde(with = "duration")]
+    pub installation_ttl: Duration,
+    /// At most one forced re-mint (after GitHub rejected a cached token) per installation in
+    /// this interval, so a revoked app cannot cause a storm of mints.
+    #[serde(with = "duration")]
+    pub remint_min_interval: Duration,
+    /// Request bodies up to this size are buffered so a request can be retried with a fresh
+    /// token; larger ones stream and are not retried.
+    #[serde(with = "size")]
+    pub retry_body_max_bytes: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            allow_pass_through: true,
+            token_refresh_buffer: Duration::from_secs(300),
+            fresh_token_strategy: FreshTokenStrategy::Retry,
+            settle_delay: Duration::from_secs(2),
+            settle_retry_interval: Duration::from_millis(250),
+            not_installed_ttl: Duration::from_secs(60),
+            installation_ttl: Duration::from_secs(3600),
+            remint_min_interval: Duration::from_secs(30),
+            retry_body_max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// How a freshly minted installation token is first used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreshTokenStrategy {
+    /// Use at once; retry briefly on a 401 inside the settle window.
+    Retry,
+    /// Hold requests until the settle window has passed.
+    Wait,
+}
+
+/// `[[apps]]`: one GitHub App.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// The name clients refer to.
+    #[serde(deserialize_with = "de_string")]
+    pub name: String,
+    /// The numeric app id (the JWT `iss`); or use `client_id`.
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub app_id: Option<String>,
+    /// The app's client id (`Iv1.…`), accepted by GitHub as the JWT `iss` too.
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub client_id: Option<String>,
+    /// A PEM file with the app's private key (PKCS#1 as GitHub hands it out, or PKCS#8).
+    #[serde(default)]
+    pub private_key_path: Option<PathBuf>,
+    /// The name of an environment variable holding the PEM instead.
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub private_key_env: Option<String>,
+}
+
+/// `[[clients]]`: one gateway client of the broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// A name for logs and metrics.
+    #[serde(deserialize_with = "de_string")]
+    pub name: String,
+    /// Hex SHA-256 of the client key (`ghgate gen-client-key` prints both).
+    #[serde(deserialize_with = "de_string")]
+    pub key_sha256: String,
+    /// The `[[apps]]` name whose tokens this client uses.
+    #[serde(deserialize_with = "de_string")]
+    pub app: String,
+    /// Owners (users or organisations) it may reach; empty means every installation.
+    #[serde(default)]
+    pub owners: Vec<String>,
+    /// Down-scoped permissions for its tokens, e.g. `{ contents = "read" }`; empty means the
+    /// installation's full permissions.
+    #[serde(default)]
+    pub permissions: std::collections::BTreeMap<String, String>,
 }
 
 /// `[server]`: listeners, the public address clients use, and the deployment secret.
@@ -349,7 +459,79 @@ impl Settings {
                 }
             }
         }
+        self.validate_broker(&mut bad);
         if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+    }
+
+    fn validate_broker(&self, bad: &mut impl FnMut(&str, String)) {
+        let mut names = std::collections::HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let key = |k: &str| format!("apps[{i}].{k}");
+            if app.name.trim().is_empty() {
+                bad(&key("name"), "must not be empty".into());
+            } else if !names.insert(app.name.as_str()) {
+                bad(&key("name"), format!("app {:?} is defined twice", app.name));
+            }
+            match (&app.app_id, &app.client_id) {
+                (None, None) => bad(&key("app_id"), format!("app {:?} needs app_id or client_id", app.name)),
+                (Some(id), _) if id.parse::<u64>().is_err() => {
+                    bad(&key("app_id"), format!("app {:?}: app_id must be a number, got {id:?}", app.name))
+                }
+                _ => {}
+            }
+            match (&app.private_key_path, &app.private_key_env) {
+                (None, None) => bad(
+                    &key("private_key_path"),
+                    format!("app {:?} needs private_key_path or private_key_env", app.name),
+                ),
+                (Some(_), Some(_)) => bad(
+                    &key("private_key_path"),
+                    format!("app {:?}: give private_key_path or private_key_env, not both", app.name),
+                ),
+                _ => {
+                    if let Err(e) = crate::app_auth::AppSigner::from_settings(app) {
+                        bad(&key("private_key_path"), e);
+                    }
+                }
+            }
+        }
+        let mut hashes = std::collections::HashSet::new();
+        for (i, client) in self.clients.iter().enumerate() {
+            let key = |k: &str| format!("clients[{i}].{k}");
+            let hash = client.key_sha256.trim().to_ascii_lowercase();
+            if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+                bad(
+                    &key("key_sha256"),
+                    format!("client {:?}: must be 64 hex digits (a SHA-256)", client.name),
+                );
+            } else if !hashes.insert(hash) {
+                bad(
+                    &key("key_sha256"),
+                    format!("client {:?}: the same key is configured twice", client.name),
+                );
+            }
+            if !self.apps.iter().any(|a| a.name == client.app) {
+                bad(
+                    &key("app"),
+                    format!("client {:?} names app {:?}, which is not in [[apps]]", client.name, client.app),
+                );
+            }
+            for (perm, level) in &client.permissions {
+                if !matches!(level.as_str(), "read" | "write" | "admin") {
+                    bad(
+                        &key(&format!("permissions.{perm}")),
+                        format!("must be \"read\", \"write\" or \"admin\", got {level:?}"),
+                    );
+                }
+            }
+        }
+        let b = &self.broker;
+        if b.token_refresh_buffer >= Duration::from_secs(3300) {
+            bad("broker.token_refresh_buffer", "must be well under a token's 1 hour lifetime".into());
+        }
+        if b.settle_retry_interval.is_zero() {
+            bad("broker.settle_retry_interval", "must be greater than zero".into());
+        }
     }
 
     /// The freshness rule for a path, if any.

@@ -26,6 +26,12 @@ impl Partition {
         Partition(ANONYMOUS.to_string())
     }
 
+    /// A partition whose id is already safe to log and cannot collide with a credential hash
+    /// (`c-…`) or `anonymous`: app installations (`i-…`).
+    pub fn from_safe_id(id: String) -> Self {
+        Partition(id)
+    }
+
     /// Whether this is the shared anonymous partition.
     pub fn is_anonymous(&self) -> bool {
         self.0 == ANONYMOUS

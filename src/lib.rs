@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod app_auth;
 pub mod cache;
 pub mod cli;
 pub mod coalesce;

@@ -23,6 +23,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tracing::{debug, warn};
 
+use crate::app_auth::{AppAuth, Broker, Identity, InstallationToken};
 use crate::cache::policy::{self, FreshnessPolicy};
 use crate::cache::{CacheKey, CachedResponse, Outcome};
 use crate::coalesce::{Coalescer, Role};
@@ -54,6 +55,7 @@ pub struct Gateway {
     upstream_base: String,
     public_url: Option<String>,
     fills: Coalescer<String, Fill>,
+    broker: Broker,
     /// Latest rate-limit headers seen per (partition, resource), put on cached answers.
     rate_limits: moka::sync::Cache<(Partition, String), RateLimit>,
     /// When an unsafe request last changed a path; entries older than that are stale.
@@ -68,8 +70,8 @@ enum Fill {
     Complete(Arc<Answer>),
     /// The body was too large to buffer: only the leader can stream it; followers go alone.
     Streaming(Arc<Mutex<Option<Streamed>>>),
-    /// Upstream failed and no stale entry may stand in.
-    Failed(Arc<UpstreamError>),
+    /// Upstream failed (or the broker refused) and no stale entry may stand in.
+    Failed(Arc<SendError>),
 }
 
 /// A buffered answer.
@@ -89,10 +91,55 @@ struct Streamed {
     prefix: Vec<Bytes>,
 }
 
+/// Who a request acts as upstream, and where its answers are cached.
+#[derive(Clone, Debug)]
+struct Caller {
+    /// The cache partition.
+    partition: Partition,
+    /// The credential sent upstream.
+    auth: UpstreamAuth,
+}
+
+/// The credential a request is sent upstream with.
+#[derive(Clone, Debug)]
+enum UpstreamAuth {
+    /// Whatever the client sent (its own token, or nothing).
+    Client,
+    /// An installation token the broker mints for the app.
+    App(AppAuth),
+}
+
+/// A request body for upstream: none, buffered (can be sent again), or streamed (once).
+enum SendBody {
+    None,
+    Buffered(Bytes),
+    Stream(Body),
+}
+
+impl SendBody {
+    /// The body for one try, and whether another try could send it again.
+    fn take(&mut self) -> (Option<reqwest::Body>, bool) {
+        match std::mem::replace(self, SendBody::None) {
+            SendBody::None => (None, true),
+            SendBody::Buffered(bytes) => {
+                *self = SendBody::Buffered(bytes.clone());
+                (Some(reqwest::Body::from(bytes)), true)
+            }
+            SendBody::Stream(body) => (Some(reqwest::Body::wrap_stream(body.into_data_stream())), false),
+        }
+    }
+}
+
+/// Why there is no upstream answer: GitHub failed, or the broker refused first.
+enum SendError {
+    Upstream(UpstreamError),
+    Broker(crate::app_auth::Rejection),
+}
+
 /// Everything a fill needs, owned, so it can run in its own task.
 struct FillRequest {
     key: CacheKey,
-    partition: Partition,
+    caller: Caller,
     path_and_query: String,
     path: String,
     headers: HeaderMap,
@@ -108,6 +155,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Gateway>, String> {
         let upstream = Upstream::new(&settings.upstream)?;
+        let broker = Broker::new(&settings, upstream.clone(), Arc::clone(&metrics))?;
         let upstream_base = rewrite::base_of(&settings.upstream.url);
         let public_url =
             settings.server.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());
@@ -119,6 +167,7 @@ impl Gateway {
             upstream_base,
             public_url,
             fills: Coalescer::default(),
+            broker,
             rate_limits: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(2 * 3600))
@@ -136,6 +185,11 @@ impl Gateway {
     /// The metrics this gateway records.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The GitHub App broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// The response store.
@@ -160,13 +214,40 @@ impl Gateway {
             let response = github::error_response(StatusCode::BAD_REQUEST, &message);
             return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
         }
-        let partition = self.partitioner.partition(&parts.headers);
-        let (response, outcome) = if self.is_cacheable(&parts) {
-            self.serve_cached(&parts, &partition).await
-        } else {
-            (self.pass_through(&parts, body, &partition).await, Outcome::Bypass)
+        let mut parts = parts;
+        let caller = match self.identify(&mut parts).await {
+            Ok(caller) => caller,
+            Err(rejection) => {
+                let response = github::error_response(rejection.status, &rejection.message);
+                return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+            }
         };
-        self.finish(response, outcome, public_base.as_deref(), started, &parts, Some(&partition))
+        let (response, outcome) = if self.is_cacheable(&parts) {
+            self.serve_cached(&parts, &caller).await
+        } else {
+            (self.pass_through(&parts, body, &caller).await, Outcome::Bypass)
+        };
+        self.finish(response, outcome, public_base.as_deref(), started, &parts, Some(&caller.partition))
+    }
+
+    /// Phase 2: who the request acts as. A broker client's key is swapped for its app
+    /// installation (the key itself never goes upstream); anything else keeps its credential.
+    async fn identify(&self, parts: &mut Parts) -> Result<Caller, crate::app_auth::Rejection> {
+        match self.broker.identify(&parts.headers, parts.uri.path())? {
+            Identity::PassThrough => Ok(Caller {
+                partition: self.partitioner.partition(&parts.headers),
+                auth: UpstreamAuth::Client,
+            }),
+            Identity::App(request) => {
+                let auth = self.broker.resolve(&request).await?;
+                parts.headers.remove(http::header::AUTHORIZATION);
+                parts.headers.remove(crate::app_auth::INSTALLATION_HEADER);
+                Ok(Caller {
+                    partition: Partition::from_safe_id(auth.partition_id()),
+                    auth: UpstreamAuth::App(auth),
+                })
+            }
+        }
     }
 
     /// Phase 6: the common end of every answer.
@@ -208,7 +289,8 @@ impl Gateway {
     }
 
     /// Phases 3–5 for a cacheable read.
-    async fn serve_cached(self: &Arc<Self>, parts: &Parts, partition: &Partition) -> (Response, Outcome) {
+    async fn serve_cached(self: &Arc<Self>, parts: &Parts, caller: &Caller) -> (Response, Outcome) {
+        let partition = &caller.partition;
         let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let key = CacheKey::new(partition, path_and_query, &parts.headers);
         let head = parts.method == Method::HEAD;
@@ -228,7 +310,7 @@ impl Gateway {
                     return (self.entry_response(entry, partition, &parts.headers, head, now), Outcome::Hit);
                 }
                 if entry.within_stale_while_revalidate(now) {
-                    let request = self.fill_request(key, partition, parts, Some(Arc::clone(entry)));
+                    let request = self.fill_request(key, caller, parts, Some(Arc::clone(entry)));
                     let coalesce_key = coalesce_key(&request.key, &parts.headers);
                     let me = Arc::clone(self);
                     drop(self.fills.join(coalesce_key, move || me.fill(request).boxed()));
@@ -242,7 +324,7 @@ impl Gateway {
 
         let client_conditional =
             parts.headers.contains_key(IF_NONE_MATCH) || parts.headers.contains_key(IF_MODIFIED_SINCE);
-        let request = self.fill_request(key, partition, parts, entry);
+        let request = self.fill_request(key, caller, parts, entry);
         let (fill, role) = if request.prior.is_none() && client_conditional {
             // The client's own validators go upstream as they are: a 304 is free for it too,
             // but has no body to share, so this fetch is not coalesced.
@@ -276,17 +358,17 @@ impl Gateway {
                         (streamed_response(streamed, head), Outcome::Miss)
                     }
                     // A follower cannot share a stream: it fetches for itself.
-                    _ => (self.pass_through(parts, Body::empty(), partition).await, Outcome::Miss),
+                    _ => (self.pass_through(parts, Body::empty(), caller).await, Outcome::Miss),
                 }
             }
-            Fill::Failed(error) => (upstream_error_response(&error), Outcome::Miss),
+            Fill::Failed(error) => (send_error_response(&error), Outcome::Miss),
         }
     }
 
     fn fill_request(
         &self,
         key: CacheKey,
-        partition: &Partition,
+        caller: &Caller,
         parts: &Parts,
         prior: Option<Arc<CachedResponse>>,
     ) -> FillRequest {
@@ -299,7 +381,7 @@ impl Gateway {
         }
         FillRequest {
             key,
-            partition: partition.clone(),
+            caller: caller.clone(),
             path_and_query: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
             path: parts.uri.path().to_string(),
             headers,
@@ -310,7 +392,8 @@ impl Gateway {
     /// Phases 4–5: fetch from upstream (conditionally when there is a prior entry) and store
     /// what may be stored. Runs in its own task; its result is shared by coalesced callers.
     async fn fill(self: Arc<Self>, request: FillRequest) -> Fill {
-        let FillRequest { key, partition, path_and_query, path, mut headers, prior } = request;
+        let FillRequest { key, caller, path_and_query, path, mut headers, prior } = request;
+        let partition = &caller.partition;
         if let Some(prior) = &prior {
             if let Some(etag) = prior.etag() {
                 headers.insert(IF_NONE_MATCH, etag.clone());
@@ -333,20 +416,29 @@ impl Gateway {
         };
         let url = match self.upstream.url_for(&path_and_query) {
             Ok(url) => url,
-            Err(e) => return Fill::Failed(Arc::new(UpstreamError::Unreachable(e))),
+            Err(e) => return Fill::Failed(Arc::new(SendError::Upstream(UpstreamError::Unreachable(e)))),
         };
         let request_headers = headers.clone();
-        let (response, took) = match self.upstream.send(Method::GET, url, headers, None).await {
+        let sent =
+            self.send_upstream(&caller, Method::GET, url, headers, SendBody::None, prior.as_deref()).await;
+        let (response, credential_tag) = match sent {
             Ok(answer) => answer,
-            Err(error) => {
-                self.metrics.upstream_answer(None, Duration::ZERO);
+            Err(SendError::Upstream(error)) => {
                 warn!(%error, path = %path, "upstream request failed");
-                return stale_fallback(&prior).unwrap_or_else(|| Fill::Failed(Arc::new(error)));
+                return stale_fallback(&prior)
+                    .unwrap_or_else(|| Fill::Failed(Arc::new(SendError::Upstream(error))));
             }
+            Err(refused) => return Fill::Failed(Arc::new(refused)),
         };
         let status = response.status();
-        self.metrics.upstream_answer(Some(status), took);
-        self.record_rate_limit(&partition, response.headers());
+        if status == StatusCode::OK {
+            if let Some(prior) = &prior {
+                if prior.credential_tag.is_some() && prior.credential_tag != credential_tag {
+                    // GitHub ties ETags to the token: after a rotation this one was paid.
+                    self.metrics.app.rotation_refreshes.increment(1);
+                }
+            }
+        }
         let mut response_headers = response.headers().clone();
         upstream::strip_hop_by_hop(&mut response_headers);
         policy::merge_vary(&mut response_headers);
@@ -366,12 +458,13 @@ impl Gateway {
             let entry = self
                 .store_entry(
                     &key,
-                    &partition,
+                    partition,
                     &path,
                     &request_headers,
                     prior.status,
                     merged,
                     prior.body.clone(),
+                    credential_tag,
                 )
                 .await;
             let entry = match entry {
@@ -415,7 +508,8 @@ impl Gateway {
                 Err(e) => {
                     let error = UpstreamError::BadBody(upstream::error_chain(&e.without_url()));
                     warn!(%error, path = %path, "upstream body failed; nothing cached");
-                    return stale_fallback(&prior).unwrap_or_else(|| Fill::Failed(Arc::new(error)));
+                    return stale_fallback(&prior)
+                        .unwrap_or_else(|| Fill::Failed(Arc::new(SendError::Upstream(error))));
                 }
             }
         }
@@ -423,12 +517,13 @@ impl Gateway {
         let entry = self
             .store_entry(
                 &key,
-                &partition,
+                partition,
                 &path,
                 &request_headers,
                 status,
                 response_headers.clone(),
                 body.clone(),
+                credential_tag,
             )
             .await;
         if entry.is_none() && prior.is_some() {
@@ -458,6 +553,7 @@ impl Gateway {
         status: StatusCode,
         headers: HeaderMap,
         body: Bytes,
+        credential_tag: Option<u64>,
     ) -> Option<Arc<CachedResponse>> {
         let now = SystemTime::now();
         let verdict = self.policy.evaluate(partition, path, request_headers, status, &headers, now)?;
@@ -479,6 +575,7 @@ impl Gateway {
             freshness: verdict.freshness,
             vary,
             path_key: key.path_key.clone(),
+            credential_tag,
         });
         match self.store.put(key.key.clone(), Arc::clone(&entry), entry.time_to_keep(now)).await {
             Ok(()) => {
@@ -496,7 +593,7 @@ impl Gateway {
 
     /// Phase 4 for everything that is not a cacheable read: forwarded as it is, bodies
     /// streamed both ways.
-    async fn pass_through(&self, parts: &Parts, body: Body, partition: &Partition) -> Response {
+    async fn pass_through(&self, parts: &Parts, body: Body, caller: &Caller) -> Response {
         let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let url = match self.upstream.url_for(path_and_query) {
             Ok(url) => url,
@@ -509,17 +606,33 @@ impl Gateway {
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.trim() != "0");
-        let body = has_body.then(|| reqwest::Body::wrap_stream(body.into_data_stream()));
-        let (response, took) = match self.upstream.send(parts.method.clone(), url, headers, body).await {
-            Ok(answer) => answer,
+        let body = match (&caller.auth, has_body) {
+            (_, false) => SendBody::None,
+            // A broker request may need a second try with a fresh token: keep small bodies.
+            (UpstreamAuth::App(_), true)
+                if declared_length(&parts.headers)
+                    .is_some_and(|len| len <= self.broker.settings().retry_body_max_bytes) =>
+            {
+                match axum::body::to_bytes(body, usize::MAX).await {
+                    Ok(bytes) => SendBody::Buffered(bytes),
+                    Err(e) => {
+                        let message = format!("could not read the request body: {e}");
+                        return github::error_response(StatusCode::BAD_REQUEST, &message);
+                    }
+                }
+            }
+            (_, true) => SendBody::Stream(body),
+        };
+        let sent = self.send_upstream(caller, parts.method.clone(), url, headers, body, None).await;
+        let response = match sent {
+            Ok((response, _)) => response,
             Err(error) => {
-                self.metrics.upstream_answer(None, Duration::ZERO);
-                warn!(%error, method = %parts.method, path = parts.uri.path(), "upstream request failed");
-                return upstream_error_response(&error);
+                if let SendError::Upstream(e) = &error {
+                    warn!(error = %e, method = %parts.method, path = parts.uri.path(), "upstream request failed");
+                }
+                return send_error_response(&error);
             }
         };
-        self.metrics.upstream_answer(Some(response.status()), took);
-        self.record_rate_limit(partition, response.headers());
         if is_unsafe(&parts.method) && (response.status().is_success() || response.status().is_redirection())
         {
             self.invalidate_after_unsafe(parts.uri.path(), response.headers());
@@ -537,6 +650,77 @@ impl Gateway {
         if let Some(rest) = location.and_then(|l| l.strip_prefix(self.upstream_base.as_str())) {
             if rest.starts_with('/') {
                 self.invalidated.insert(crate::cache::key::path_key(rest), now);
+            }
+        }
+    }
+
+    /// Sends one request upstream with the caller's credential, counting the answer and
+    /// recording its rate-limit headers. For an app identity: attaches the installation token;
+    /// a 401 while the token is still settling is retried after a short pause (GitHub has not
+    /// replicated it yet); a 401 after that evicts the token and the request is tried once more
+    /// with a fresh one. Returns the fingerprint of the token used, if any.
+    async fn send_upstream(
+        &self,
+        caller: &Caller,
+        method: Method,
+        url: url::Url,
+        headers: HeaderMap,
+        mut body: SendBody,
+        prior: Option<&CachedResponse>,
+    ) -> Result<(reqwest::Response, Option<u64>), SendError> {
+        let UpstreamAuth::App(auth) = &caller.auth else {
+            let (body, _) = body.take();
+            let result = self.upstream.send(method, url, headers, body).await;
+            return self.account(&caller.partition, result).map(|r| (r, None));
+        };
+        let mut reminted = false;
+        loop {
+            let token = self.broker.token(auth).await.map_err(SendError::Broker)?;
+            let mut headers = headers.clone();
+            headers.insert(http::header::AUTHORIZATION, token.authorization());
+            if let Some(prior) = prior {
+                adjust_validators_for_token(&mut headers, prior, &token);
+            }
+            let (send_body, replayable) = body.take();
+            let result = self.upstream.send(method.clone(), url.clone(), headers, send_body).await;
+            let response = self.account(&caller.partition, result)?;
+            if response.status() != StatusCode::UNAUTHORIZED || !replayable {
+                return Ok((response, Some(token.tag)));
+            }
+            if self.broker.settling(&token) {
+                self.metrics.app.settle_retries.increment(1);
+                tokio::time::sleep(self.broker.settings().settle_retry_interval).await;
+                continue;
+            }
+            if !reminted && self.broker.evict_rejected(auth, &token) {
+                reminted = true;
+                self.metrics.app.stale_token_retries.increment(1);
+                warn!(
+                    app = auth.app.name(),
+                    installation = auth.installation,
+                    "GitHub rejected a cached token; retrying with a fresh one"
+                );
+                continue;
+            }
+            return Ok((response, Some(token.tag)));
+        }
+    }
+
+    /// Counts an upstream answer (or failure) and records its rate-limit headers.
+    fn account(
+        &self,
+        partition: &Partition,
+        result: Result<(reqwest::Response, Duration), UpstreamError>,
+    ) -> Result<reqwest::Response, SendError> {
+        match result {
+            Ok((response, took)) => {
+                self.metrics.upstream_answer(Some(response.status()), took);
+                self.record_rate_limit(partition, response.headers());
+                Ok(response)
+            }
+            Err(error) => {
+                self.metrics.upstream_answer(None, Duration::ZERO);
+                Err(SendError::Upstream(error))
             }
         }
     }
@@ -625,6 +809,16 @@ pub fn check_path(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// GitHub ties ETags to the token that fetched them: revalidating an entry fetched with an
+/// earlier token by its ETag would cost a full answer. GitHub Support's workaround is to
+/// revalidate with `If-Modified-Since` alone when the entry has a `Last-Modified`.
+fn adjust_validators_for_token(headers: &mut HeaderMap, prior: &CachedResponse, token: &InstallationToken) {
+    let rotated = prior.credential_tag.is_some_and(|tag| tag != token.tag);
+    if rotated && headers.contains_key(IF_MODIFIED_SINCE) {
+        headers.remove(IF_NONE_MATCH);
+    }
 }
 
 fn is_unsafe(method: &Method) -> bool {
@@ -726,12 +920,21 @@ fn streamed_response(streamed: Streamed, head: bool) -> Response {
     build_response(status, headers, body)
 }
 
-fn upstream_error_response(error: &UpstreamError) -> Response {
-    let status = match error {
-        UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    github::error_response(status, &format!("ghgate: {error}"))
+fn send_error_response(error: &SendError) -> Response {
+    match error {
+        SendError::Upstream(error) => {
+            let status = match error {
+                UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            github::error_response(status, &format!("ghgate: {error}"))
+        }
+        SendError::Broker(rejection) => github::error_response(rejection.status, &rejection.message),
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

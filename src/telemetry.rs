@@ -52,6 +52,33 @@ pub struct Metrics {
     pub store_max_bytes: Gauge,
     /// `ghgate_inflight_fills`
     pub inflight_fills: Gauge,
+    /// The GitHub App broker's metrics.
+    pub app: AppMetrics,
+}
+
+/// Metrics of the GitHub App broker.
+pub struct AppMetrics {
+    /// `ghgate_app_tokens_minted_total`
+    pub tokens_minted: Counter,
+    /// `ghgate_app_token_cache_hits_total`
+    pub token_hits: Counter,
+    /// `ghgate_app_mint_failures_total`
+    pub mint_failures: Counter,
+    /// `ghgate_app_mint_duration_seconds`
+    pub mint_duration: Histogram,
+    /// `ghgate_app_installation_lookups_total{result="hit"}`
+    pub lookup_hits: Counter,
+    /// `ghgate_app_installation_lookups_total{result="miss"}`
+    pub lookup_misses: Counter,
+    /// `ghgate_app_installation_lookups_total{result="not_installed"}`
+    pub not_installed: Counter,
+    /// `ghgate_app_stale_token_retries_total`: requests retried with a re-minted token.
+    pub stale_token_retries: Counter,
+    /// `ghgate_app_settle_retries_total`: tries repeated while a new token replicated.
+    pub settle_retries: Counter,
+    /// `ghgate_app_rotation_refreshes_total`: revalidations that cost a full answer because the
+    /// entry was fetched with an earlier token.
+    pub rotation_refreshes: Counter,
 }
 
 impl Metrics {
@@ -138,6 +165,7 @@ impl Metrics {
                 None,
                 "Upstream fetches under way that concurrent requests can join.",
             ),
+            app: AppMetrics::register(r),
             recorder: Arc::new(recorder),
             handle,
         };
@@ -185,6 +213,53 @@ impl Metrics {
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
         let _ = &self.recorder;
+    }
+}
+
+impl AppMetrics {
+    fn register(r: &PrometheusRecorder) -> AppMetrics {
+        let counter = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), None, help.into());
+            r.register_counter(&Key::from_name(name), &METADATA)
+        };
+        r.describe_counter(
+            "ghgate_app_installation_lookups_total".into(),
+            None,
+            "Installation look-ups by result: hit (cached), miss (asked GitHub), not_installed.".into(),
+        );
+        let lookup = |result: &'static str| {
+            r.register_counter(
+                &Key::from_parts("ghgate_app_installation_lookups_total", vec![Label::new("result", result)]),
+                &METADATA,
+            )
+        };
+        r.describe_histogram(
+            "ghgate_app_mint_duration_seconds".into(),
+            Some(Unit::Seconds),
+            "Time to mint an installation token.".into(),
+        );
+        AppMetrics {
+            tokens_minted: counter("ghgate_app_tokens_minted_total", "Installation tokens minted."),
+            token_hits: counter("ghgate_app_token_cache_hits_total", "Requests served with a cached token."),
+            mint_failures: counter("ghgate_app_mint_failures_total", "Token mints that failed."),
+            mint_duration: r
+                .register_histogram(&Key::from_name("ghgate_app_mint_duration_seconds"), &METADATA),
+            lookup_hits: lookup("hit"),
+            lookup_misses: lookup("miss"),
+            not_installed: lookup("not_installed"),
+            stale_token_retries: counter(
+                "ghgate_app_stale_token_retries_total",
+                "Requests retried once with a fresh token after GitHub rejected the cached one.",
+            ),
+            settle_retries: counter(
+                "ghgate_app_settle_retries_total",
+                "Tries repeated while a freshly minted token replicated at GitHub.",
+            ),
+            rotation_refreshes: counter(
+                "ghgate_app_rotation_refreshes_total",
+                "Revalidations answered with a paid 200 because the entry was fetched with an earlier token.",
+            ),
+        }
     }
 }
 

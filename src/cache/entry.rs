@@ -28,6 +28,9 @@ pub struct CachedResponse {
     pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
     /// The invalidation key of the entry's path.
     pub path_key: String,
+    /// Fingerprint of the installation token that fetched it (app identities only): GitHub
+    /// ties ETags to tokens, so after a rotation the entry is revalidated by date instead.
+    pub credential_tag: Option<u64>,
 }
 
 impl CachedResponse {
@@ -139,6 +142,7 @@ mod tests {
             },
             vary: vec![],
             path_key: "/x".into(),
+            credential_tag: None,
         }
     }
 

@@ -124,6 +124,7 @@ mod tests {
             },
             vary: vec![],
             path_key: "/x".into(),
+            credential_tag: None,
         })
     }
 

@@ -1,0 +1,761 @@
+//! The GitHub App broker: clients present a gateway client key; ghgate finds the app's
+//! installation for the owner they address, mints (or reuses) one installation token per
+//! (app, installation, permission set), and sends their request with it.
+//!
+//! Lesson two of the design brief is why this is careful: one token per call caused
+//! transient 403s, wasted quota and thundering herds. Here look-ups and mints are cached and
+//! coalesced, tokens are used until shortly before they expire, a token GitHub has not
+//! replicated yet is retried rather than shown to the client, and a token GitHub rejects is
+//! replaced once — with re-mints per installation rate-limited.
+
+mod jwt;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::FutureExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+pub use jwt::AppSigner;
+
+use crate::coalesce::Coalescer;
+use crate::config::{BrokerSettings, FreshTokenStrategy, Settings};
+use crate::telemetry::Metrics;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Client keys start with this, so they can be told apart from GitHub tokens.
+pub const CLIENT_KEY_PREFIX: &str = "ghgate_";
+
+/// Names the installation of a request whose path names no owner: an owner or an id.
+pub const INSTALLATION_HEADER: HeaderName = HeaderName::from_static("x-ghgate-installation");
+
+/// A refusal the broker gives before anything goes upstream.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// HTTP status for the client.
+    pub status: StatusCode,
+    /// GitHub-shaped message.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Rejection { status, message: message.into() }
+    }
+}
+
+/// One configured app.
+#[derive(Debug)]
+pub struct App {
+    /// Signs the app's JWTs.
+    pub signer: AppSigner,
+}
+
+impl App {
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.signer.name
+    }
+}
+
+/// Down-scoped permissions, kept sorted so equal sets hash equally.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Permissions {
+    map: BTreeMap<String, String>,
+    /// Short stable id of the set, for keys and partitions.
+    pub id: String,
+}
+
+impl Permissions {
+    fn new(map: BTreeMap<String, String>) -> Option<Arc<Permissions>> {
+        if map.is_empty() {
+            return None;
+        }
+        let text = serde_json::to_string(&map).unwrap_or_default();
+        let id = hex::encode(&Sha256::digest(text.as_bytes())[..4]);
+        Some(Arc::new(Permissions { map, id }))
+    }
+}
+
+struct Client {
+    name: String,
+    key_hash: [u8; 32],
+    app: Arc<App>,
+    owners: Vec<String>,
+    permissions: Option<Arc<Permissions>>,
+}
+
+/// Which installation a request means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `/repos/{owner}/{repo}/...`
+    Repo(String, String),
+    /// `/orgs/{org}/...`
+    Org(String),
+    /// `/users/{user}/...`
+    User(String),
+    /// `x-ghgate-installation: <owner>`
+    Owner(String),
+    /// `x-ghgate-installation: <id>`
+    Id(u64),
+}
+
+impl Target {
+    fn owner(&self) -> Option<&str> {
+        match self {
+            Target::Repo(o, _) | Target::Org(o) | Target::User(o) | Target::Owner(o) => Some(o),
+            Target::Id(_) => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Repo(o, r) => format!("{o}/{r}"),
+            Target::Org(o) | Target::User(o) | Target::Owner(o) => o.clone(),
+            Target::Id(id) => format!("installation {id}"),
+        }
+    }
+}
+
+/// Who a request acts as.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// Its own credential (or none): forwarded as it is.
+    PassThrough,
+    /// A broker client: acts as an app installation.
+    App(AppRequest),
+}
+
+/// A broker client's request, before its installation is known.
+#[derive(Debug, Clone)]
+pub struct AppRequest {
+    /// The app it uses.
+    pub app: Arc<App>,
+    /// The client's configured name (for logs).
+    pub client: String,
+    /// The installation it addresses.
+    pub target: Target,
+    /// Down-scoped permissions, if the client has them.
+    pub permissions: Option<Arc<Permissions>>,
+}
+
+/// A resolved app identity: what the request's token is minted for.
+#[derive(Debug, Clone)]
+pub struct AppAuth {
+    /// The app.
+    pub app: Arc<App>,
+    /// The installation id.
+    pub installation: u64,
+    /// Down-scoped permissions, if any.
+    pub permissions: Option<Arc<Permissions>>,
+}
+
+impl AppAuth {
+    fn token_key(&self) -> TokenKey {
+        TokenKey {
+            app: self.app.name().to_string(),
+            installation: self.installation,
+            permissions: self.permissions.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The cache partition of everything fetched with this identity: shared by every client
+    /// of the installation (with the same permissions), never by another installation.
+    pub fn partition_id(&self) -> String {
+        match &self.permissions {
+            None => format!("i-{}-{}", self.app.name(), self.installation),
+            Some(p) => format!("i-{}-{}-{}", self.app.name(), self.installation, p.id),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TokenKey {
+    app: String,
+    installation: u64,
+    permissions: String,
+}
+
+/// An installation token. `Debug` never shows its value.
+pub struct InstallationToken {
+    value: String,
+    /// When GitHub says it expires.
+    pub expires_at: SystemTime,
+    /// When it was minted (for the settle window).
+    pub minted_at: Instant,
+    /// A fingerprint (not the token) telling tokens apart, e.g. which one fetched an entry.
+    pub tag: u64,
+}
+
+impl fmt::Debug for InstallationToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstallationToken").field("tag", &format_args!("{:016x}", self.tag)).finish()
+    }
+}
+
+impl InstallationToken {
+    /// The `Authorization` value to send upstream.
+    pub fn authorization(&self) -> HeaderValue {
+        let mut v =
+            HeaderValue::from_str(&format!("token {}", self.value)).unwrap_or(HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    Found(u64),
+    NotInstalled,
+}
+
+type LookupResult = Result<Lookup, Arc<Rejection>>;
+type MintResult = Result<Arc<InstallationToken>, Arc<Rejection>>;
+
+/// The broker: apps, clients, installation look-ups and the token cache.
+pub struct Broker {
+    settings: BrokerSettings,
+    clients: Vec<Client>,
+    has_clients: bool,
+    upstream: Upstream,
+    /// (app, look-up key) → installation, or "not installed".
+    installations: moka::sync::Cache<(String, String), Lookup>,
+    lookups: Coalescer<(String, String), LookupResult>,
+    tokens: moka::sync::Cache<TokenKey, Arc<InstallationToken>>,
+    mints: Coalescer<TokenKey, MintResult>,
+    /// When a token was last replaced because GitHub rejected it, per installation.
+    forced_remints: moka::sync::Cache<TokenKey, Instant>,
+    metrics: Arc<Metrics>,
+}
+
+struct LookupExpiry {
+    found: Duration,
+    not_installed: Duration,
+}
+
+impl moka::Expiry<(String, String), Lookup> for LookupExpiry {
+    fn expire_after_create(&self, _: &(String, String), value: &Lookup, _: Instant) -> Option<Duration> {
+        Some(match value {
+            Lookup::Found(_) => self.found,
+            Lookup::NotInstalled => self.not_installed,
+        })
+    }
+}
+
+struct TokenExpiry {
+    buffer: Duration,
+}
+
+impl moka::Expiry<TokenKey, Arc<InstallationToken>> for TokenExpiry {
+    fn expire_after_create(&self, _: &TokenKey, t: &Arc<InstallationToken>, _: Instant) -> Option<Duration> {
+        let until = t.expires_at.checked_sub(self.buffer).unwrap_or(SystemTime::UNIX_EPOCH);
+        Some(until.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    }
+    fn expire_after_update(
+        &self,
+        key: &TokenKey,
+        t: &Arc<InstallationToken>,
+        at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, t, at)
+    }
+}
+
+impl Broker {
+    /// Builds the broker from validated settings. Apps whose keys cannot be loaded are an
+    /// error naming the app (check-config reports the same).
+    pub fn new(settings: &Settings, upstream: Upstream, metrics: Arc<Metrics>) -> Result<Broker, String> {
+        let mut apps = std::collections::HashMap::new();
+        for app in &settings.apps {
+            apps.insert(app.name.clone(), Arc::new(App { signer: AppSigner::from_settings(app)? }));
+        }
+        let mut clients = Vec::new();
+        for c in &settings.clients {
+            let app =
+                apps.get(&c.app).ok_or_else(|| format!("client {:?}: unknown app {:?}", c.name, c.app))?;
+            let mut key_hash = [0u8; 32];
+            hex::decode_to_slice(c.key_sha256.trim(), &mut key_hash)
+                .map_err(|e| format!("client {:?}: key_sha256: {e}", c.name))?;
+            clients.push(Client {
+                name: c.name.clone(),
+                key_hash,
+                app: Arc::clone(app),
+                owners: c.owners.iter().map(|o| o.to_ascii_lowercase()).collect(),
+                permissions: Permissions::new(c.permissions.clone()),
+            });
+        }
+        let b = &settings.broker;
+        Ok(Broker {
+            has_clients: !clients.is_empty(),
+            clients,
+            upstream,
+            installations: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(LookupExpiry { found: b.installation_ttl, not_installed: b.not_installed_ttl })
+                .build(),
+            lookups: Coalescer::default(),
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(TokenExpiry { buffer: b.token_refresh_buffer })
+                .build(),
+            mints: Coalescer::default(),
+            forced_remints: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(b.remint_min_interval.max(Duration::from_millis(1)))
+                .build(),
+            metrics,
+            settings: b.clone(),
+        })
+    }
+
+    /// The broker settings in force.
+    pub fn settings(&self) -> &BrokerSettings {
+        &self.settings
+    }
+
+    /// Phase "identify": a client key makes the request an app request; anything else passes
+    /// through with its own credential (unless pass-through is switched off).
+    pub fn identify(&self, headers: &HeaderMap, path: &str) -> Result<Identity, Rejection> {
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| strip_scheme(v.trim()))
+            .filter(|v| v.starts_with(CLIENT_KEY_PREFIX));
+        let Some(key) = presented else {
+            if !self.settings.allow_pass_through {
+                return Err(Rejection::new(
+                    StatusCode::UNAUTHORIZED,
+                    "This gateway accepts only ghgate client keys (broker.allow_pass_through is off)",
+                ));
+            }
+            return Ok(Identity::PassThrough);
+        };
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        // Compare against every client, without stopping early, in constant time each.
+        let mut found: Option<&Client> = None;
+        for client in &self.clients {
+            if bool::from(client.key_hash.ct_eq(&digest)) {
+                found = Some(client);
+            }
+        }
+        let Some(client) = found else {
+            return Err(Rejection::new(
+                StatusCode::UNAUTHORIZED,
+                "Bad credentials: unknown ghgate client key",
+            ));
+        };
+        let target = target_of(path, headers).ok_or_else(|| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "This path names no owner: say which installation you mean with the {} header (an owner or an installation id)",
+                    INSTALLATION_HEADER
+                ),
+            )
+        })?;
+        if !client.owners.is_empty() {
+            let allowed =
+                target.owner().is_some_and(|o| client.owners.iter().any(|a| a.eq_ignore_ascii_case(o)));
+            if !allowed {
+                return Err(Rejection::new(
+                    StatusCode::FORBIDDEN,
+                    format!("Client {:?} may not act on {}", client.name, target.describe()),
+                ));
+            }
+        }
+        Ok(Identity::App(AppRequest {
+            app: Arc::clone(&client.app),
+            client: client.name.clone(),
+            target,
+            permissions: client.permissions.clone(),
+        }))
+    }
+
+    /// Whether any client is configured (when none, no request can be an app request).
+    pub fn has_clients(&self) -> bool {
+        self.has_clients
+    }
+
+    /// Finds the installation a request addresses: cached per owner, coalesced per look-up,
+    /// "not installed" remembered for `not_installed_ttl`.
+    pub async fn resolve(&self, request: &AppRequest) -> Result<AppAuth, Rejection> {
+        let installation = match &request.target {
+            Target::Id(id) => *id,
+            target => self.installation_of(&request.app, target).await?,
+        };
+        Ok(AppAuth { app: Arc::clone(&request.app), installation, permissions: request.permissions.clone() })
+    }
+
+    async fn installation_of(&self, app: &Arc<App>, target: &Target) -> Result<u64, Rejection> {
+        let owner = target.owner().unwrap_or_default().to_ascii_lowercase();
+        let owner_key = (app.name().to_string(), format!("owner:{owner}"));
+        let lookup_key = match target {
+            Target::Repo(o, r) => (
+                app.name().to_string(),
+                format!("repo:{}/{}", o.to_ascii_lowercase(), r.to_ascii_lowercase()),
+            ),
+            _ => owner_key.clone(),
+        };
+        for key in [&owner_key, &lookup_key] {
+            match self.installations.get(key) {
+                Some(Lookup::Found(id)) => {
+                    self.metrics.app.lookup_hits.increment(1);
+                    return Ok(id);
+                }
+                Some(Lookup::NotInstalled) if key == &lookup_key => {
+                    self.metrics.app.lookup_hits.increment(1);
+                    return Err(not_installed(app, target));
+                }
+                _ => {}
+            }
+        }
+        let paths: Vec<String> = match target {
+            Target::Repo(o, r) => vec![format!("/repos/{o}/{r}/installation")],
+            Target::Org(o) => vec![format!("/orgs/{o}/installation")],
+            Target::User(u) => vec![format!("/users/{u}/installation")],
+            Target::Owner(o) => vec![format!("/orgs/{o}/installation"), format!("/users/{o}/installation")],
+            Target::Id(_) => unreachable!("ids need no look-up"),
+        };
+        let (flight, _) = self.lookups.join(lookup_key.clone(), || {
+            let upstream = self.upstream.clone();
+            let app = Arc::clone(app);
+            let metrics = Arc::clone(&self.metrics);
+            async move { look_up(&upstream, &app, &paths, &metrics).await }.boxed()
+        });
+        let result = flight
+            .await
+            .map_err(|_| Rejection::new(StatusCode::BAD_GATEWAY, "installation look-up failed"))?;
+        match result {
+            Ok(Lookup::Found(id)) => {
+                if lookup_key != owner_key {
+                    self.installations.insert(lookup_key, Lookup::Found(id));
+                }
+                // An app's installation covers its owner: other repositories need no look-up.
+                self.installations.insert(owner_key, Lookup::Found(id));
+                Ok(id)
+            }
+            Ok(Lookup::NotInstalled) => {
+                if !self.settings.not_installed_ttl.is_zero() {
+                    self.installations.insert(lookup_key, Lookup::NotInstalled);
+                }
+                Err(not_installed(app, target))
+            }
+            Err(rejection) => Err((*rejection).clone()),
+        }
+    }
+
+    /// The token for an identity: cached until `expires_at` minus the refresh buffer, one mint
+    /// per key at a time. With the `wait` strategy a fresh token is held until it has settled.
+    pub async fn token(&self, auth: &AppAuth) -> Result<Arc<InstallationToken>, Rejection> {
+        let key = auth.token_key();
+        let token = match self.tokens.get(&key) {
+            Some(token) => {
+                self.metrics.app.token_hits.increment(1);
+                token
+            }
+            None => {
+                let (flight, _) = self.mints.join(key.clone(), || {
+                    let upstream = self.upstream.clone();
+                    let auth = auth.clone();
+                    let metrics = Arc::clone(&self.metrics);
+                    let tokens = self.tokens.clone();
+                    let installations = self.installations.clone();
+                    async move {
+                        let minted = mint(&upstream, &auth, &metrics).await;
+                        match &minted {
+                            Ok(token) => tokens.insert(key, Arc::clone(token)),
+                            Err(r) if r.status == StatusCode::NOT_FOUND => {
+                                // The installation is gone: forget every look-up that led to it.
+                                let id = auth.installation;
+                                let _ = installations.invalidate_entries_if(
+                                    move |_, v| matches!(v, Lookup::Found(found) if *found == id),
+                                );
+                            }
+                            Err(_) => {}
+                        }
+                        minted
+                    }
+                    .boxed()
+                });
+                flight
+                    .await
+                    .map_err(|_| Rejection::new(StatusCode::BAD_GATEWAY, "token mint failed"))?
+                    .map_err(|r| (*r).clone())?
+            }
+        };
+        if self.settings.fresh_token_strategy == FreshTokenStrategy::Wait {
+            let settled = token.minted_at + self.settings.settle_delay;
+            if let Some(wait) = settled.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Ok(token)
+    }
+
+    /// GitHub rejected `token`: forget it so the next call mints a fresh one. Returns false
+    /// (and keeps it) when this installation was re-minted within `remint_min_interval`.
+    pub fn evict_rejected(&self, auth: &AppAuth, token: &InstallationToken) -> bool {
+        let key = auth.token_key();
+        if self.forced_remints.contains_key(&key) {
+            warn!(
+                app = auth.app.name(),
+                installation = auth.installation,
+                "token rejected again; not re-minting yet"
+            );
+            return false;
+        }
+        self.forced_remints.insert(key.clone(), Instant::now());
+        if self.tokens.get(&key).is_some_and(|cached| cached.tag == token.tag) {
+            self.tokens.invalidate(&key);
+        }
+        true
+    }
+
+    /// Whether a fresh token is still inside its settle window.
+    pub fn settling(&self, token: &InstallationToken) -> bool {
+        token.minted_at.elapsed() < self.settings.settle_delay
+    }
+
+    /// Metadata of cached tokens (never the tokens), for operators.
+    pub fn token_count(&self) -> u64 {
+        self.tokens.entry_count()
+    }
+}
+
+fn not_installed(app: &App, target: &Target) -> Rejection {
+    Rejection::new(
+        StatusCode::NOT_FOUND,
+        format!("GitHub App {:?} is not installed on {}", app.name(), target.describe()),
+    )
+}
+
+fn strip_scheme(value: &str) -> &str {
+    for scheme in ["Bearer ", "bearer ", "token ", "Token "] {
+        if let Some(rest) = value.strip_prefix(scheme) {
+            return rest.trim();
+        }
+    }
+    value
+}
+
+/// The installation a request addresses, from its path or the installation header.
+fn target_of(path: &str, headers: &HeaderMap) -> Option<Target> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    let first = parts.next().unwrap_or("");
+    let second = parts.next().filter(|s| !s.is_empty());
+    let third = parts.next().filter(|s| !s.is_empty());
+    match (first, second, third) {
+        ("repos", Some(o), Some(r)) => return Some(Target::Repo(o.to_string(), r.to_string())),
+        ("orgs", Some(o), _) => return Some(Target::Org(o.to_string())),
+        ("users", Some(u), _) => return Some(Target::User(u.to_string())),
+        _ => {}
+    }
+    let named = headers.get(&INSTALLATION_HEADER)?.to_str().ok()?.trim();
+    if named.is_empty() {
+        return None;
+    }
+    Some(match named.parse::<u64>() {
+        Ok(id) => Target::Id(id),
+        Err(_) => Target::Owner(named.to_string()),
+    })
+}
+
+fn jwt_headers(app: &App) -> Result<HeaderMap, Arc<Rejection>> {
+    let jwt = app.signer.jwt().map_err(|e| Arc::new(Rejection::new(StatusCode::BAD_GATEWAY, e)))?;
+    let mut headers = HeaderMap::new();
+    let mut auth = HeaderValue::from_str(&format!("Bearer {jwt}"))
+        .map_err(|_| Arc::new(Rejection::new(StatusCode::BAD_GATEWAY, "unusable app JWT")))?;
+    auth.set_sensitive(true);
+    headers.insert(http::header::AUTHORIZATION, auth);
+    headers.insert(http::header::ACCEPT, HeaderValue::from_static(crate::github::DEFAULT_MEDIA_TYPE));
+    headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static(concat!("ghgate/", env!("CARGO_PKG_VERSION"))),
+    );
+    Ok(headers)
+}
+
+fn upstream_failure(what: &str, e: UpstreamError) -> Arc<Rejection> {
+    let status = if matches!(e, UpstreamError::Timeout(_)) {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Arc::new(Rejection::new(status, format!("ghgate: {what}: {e}")))
+}
+
+async fn look_up(upstream: &Upstream, app: &App, paths: &[String], metrics: &Metrics) -> LookupResult {
+    metrics.app.lookup_misses.increment(1);
+    for path in paths {
+        let url = upstream.url_for(path).map_err(|e| Arc::new(Rejection::new(StatusCode::BAD_GATEWAY, e)))?;
+        let (response, took) = upstream
+            .send(Method::GET, url, jwt_headers(app)?, None)
+            .await
+            .map_err(|e| upstream_failure("installation look-up", e))?;
+        metrics.upstream_answer(Some(response.status()), took);
+        match response.status() {
+            StatusCode::OK => {
+                let body = response.bytes().await.map_err(|e| {
+                    Arc::new(Rejection::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("installation look-up broke off: {e}"),
+                    ))
+                })?;
+                let id = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|id| id.as_u64()))
+                    .ok_or_else(|| {
+                        Arc::new(Rejection::new(
+                            StatusCode::BAD_GATEWAY,
+                            "installation look-up answer has no id",
+                        ))
+                    })?;
+                return Ok(Lookup::Found(id));
+            }
+            StatusCode::NOT_FOUND => continue,
+            status => {
+                warn!(app = app.name(), path = %path, status = status.as_u16(), "installation look-up refused");
+                return Err(Arc::new(Rejection::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "ghgate: GitHub refused the installation look-up for app {:?} with {status}",
+                        app.name()
+                    ),
+                )));
+            }
+        }
+    }
+    metrics.app.not_installed.increment(1);
+    Ok(Lookup::NotInstalled)
+}
+
+async fn mint(upstream: &Upstream, auth: &AppAuth, metrics: &Metrics) -> MintResult {
+    let started = Instant::now();
+    let path = format!("/app/installations/{}/access_tokens", auth.installation);
+    let url = upstream.url_for(&path).map_err(|e| Arc::new(Rejection::new(StatusCode::BAD_GATEWAY, e)))?;
+    let mut headers = jwt_headers(&auth.app)?;
+    let body = match &auth.permissions {
+        Some(p) => {
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Some(reqwest::Body::from(serde_json::json!({ "permissions": p.map }).to_string()))
+        }
+        None => None,
+    };
+    let result = upstream.send(Method::POST, url, headers, body).await;
+    let (response, took) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.app.mint_failures.increment(1);
+            return Err(upstream_failure("token mint", e));
+        }
+    };
+    metrics.upstream_answer(Some(response.status()), took);
+    let status = response.status();
+    let body = response.bytes().await.unwrap_or_default();
+    if status != StatusCode::CREATED && status != StatusCode::OK {
+        metrics.app.mint_failures.increment(1);
+        warn!(
+            app = auth.app.name(),
+            installation = auth.installation,
+            status = status.as_u16(),
+            "token mint refused"
+        );
+        let client_status =
+            if status == StatusCode::NOT_FOUND { StatusCode::NOT_FOUND } else { StatusCode::BAD_GATEWAY };
+        return Err(Arc::new(Rejection::new(
+            client_status,
+            format!(
+                "ghgate: GitHub refused an installation token for app {:?}, installation {} ({status})",
+                auth.app.name(),
+                auth.installation
+            ),
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct Minted {
+        token: String,
+        expires_at: String,
+    }
+    let minted: Minted = serde_json::from_slice(&body).map_err(|e| {
+        metrics.app.mint_failures.increment(1);
+        Arc::new(Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            format!("ghgate: malformed token answer from GitHub: {e}"),
+        ))
+    })?;
+    let expires_at = humantime::parse_rfc3339_weak(&minted.expires_at).map_err(|e| {
+        Arc::new(Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            format!("ghgate: malformed expires_at from GitHub: {e}"),
+        ))
+    })?;
+    let tag = u64::from_be_bytes(Sha256::digest(minted.token.as_bytes())[..8].try_into().expect("8 bytes"));
+    metrics.app.tokens_minted.increment(1);
+    metrics.app.mint_duration.record(started.elapsed().as_secs_f64());
+    info!(app = auth.app.name(), installation = auth.installation, token = %format_args!("{tag:016x}"), "minted an installation token");
+    Ok(Arc::new(InstallationToken { value: minted.token, expires_at, minted_at: Instant::now(), tag }))
+}
+
+/// Prints a new client key and the SHA-256 to configure for it.
+pub fn generate_client_key() -> (String, String) {
+    let key = format!("{CLIENT_KEY_PREFIX}{}", hex::encode(rand::random::<[u8; 24]>()));
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    (key, hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn targets_come_from_the_path_or_the_installation_header() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            target_of("/repos/octo/hello/pulls", &none),
+            Some(Target::Repo("octo".into(), "hello".into()))
+        );
+        assert_eq!(target_of("/orgs/acme/members", &none), Some(Target::Org("acme".into())));
+        assert_eq!(target_of("/users/mona", &none), Some(Target::User("mona".into())));
+        assert_eq!(target_of("/installation/repositories", &none), None);
+        assert_eq!(target_of("/repos/octo", &none), None);
+        let by_owner = headers(&[("x-ghgate-installation", "acme")]);
+        assert_eq!(target_of("/installation/repositories", &by_owner), Some(Target::Owner("acme".into())));
+        let by_id = headers(&[("x-ghgate-installation", "123")]);
+        assert_eq!(target_of("/graphql", &by_id), Some(Target::Id(123)));
+    }
+
+    #[test]
+    fn generated_client_keys_hash_to_what_is_printed() {
+        let (key, hash) = generate_client_key();
+        assert!(key.starts_with(CLIENT_KEY_PREFIX));
+        assert_eq!(hex::encode(Sha256::digest(key.as_bytes())), hash);
+    }
+
+    #[test]
+    fn equal_permission_sets_share_an_id() {
+        let a = Permissions::new(BTreeMap::from([
+            ("contents".into(), "read".into()),
+            ("issues".into(), "write".into()),
+        ]));
+        let b = Permissions::new(BTreeMap::from([
+            ("issues".into(), "write".into()),
+            ("contents".into(), "read".into()),
+        ]));
+        assert_eq!(a.unwrap().id, b.unwrap().id);
+        assert!(Permissions::new(BTreeMap::new()).is_none());
+    }
+}
