@@ -25,6 +25,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate the configuration and exit (non-zero, naming the bad key, when invalid).
     CheckConfig(ConfigArgs),
+    /// Print a new broker client key and the `key_sha256` to put in `[[clients]]`.
+    GenClientKey,
 }
 
 /// Where settings come from.
@@ -55,6 +57,12 @@ pub struct ServeArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::GenClientKey => {
+            let (key, hash) = crate::app_auth::generate_client_key();
+            println!("client key (give it to the client; it is not stored): {key}");
+            println!("key_sha256 (put it in [[clients]]):                  {hash}");
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig(args) => match Settings::load(args.config.as_deref(), &Overrides::default()) {
             Ok(_) => {
                 println!("configuration is valid");

@@ -190,3 +190,47 @@ fn the_example_settings_file_is_valid() {
     let out = Command::new(BIN).args(["check-config", "--config", path]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn check_config_names_the_app_whose_private_key_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_key = dir.path().join("bad.pem");
+    std::fs::write(
+        &bad_key,
+        "-----BEGIN RSA PRIVATE KEY-----\nbm90IGEga2V5\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "[[apps]]\nname = \"deploy-bot\"\napp_id = \"12\"\nprivate_key_path = \"{}\"\n",
+        bad_key.display()
+    );
+    let (ok, _, stderr) = check_config(&toml, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("apps[0].private_key_path") && stderr.contains("deploy-bot"), "{stderr}");
+
+    let missing =
+        "[[apps]]\nname = \"deploy-bot\"\napp_id = \"12\"\nprivate_key_path = \"/nonexistent.pem\"\n";
+    let (ok, _, stderr) = check_config(missing, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("deploy-bot") && stderr.contains("/nonexistent.pem"), "{stderr}");
+
+    let good_key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/app-key-pkcs8.pem");
+    let unknown_app = format!(
+        "[[apps]]\nname = \"a\"\nclient_id = \"Iv1.abc\"\nprivate_key_path = \"{good_key}\"\n\n[[clients]]\nname = \"c\"\nkey_sha256 = \"{}\"\napp = \"b\"\n",
+        "0".repeat(64)
+    );
+    let (ok, _, stderr) = check_config(&unknown_app, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("clients[0].app"), "{stderr}");
+}
+
+#[test]
+fn gen_client_key_prints_a_key_and_its_hash() {
+    let out = Command::new(BIN).arg("gen-client-key").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = text.split_whitespace().find(|w| w.starts_with("ghgate_")).unwrap();
+    let hash = text.lines().nth(1).unwrap().split_whitespace().last().unwrap();
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(key.as_bytes())), hash);
+}

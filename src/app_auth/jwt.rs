@@ -126,10 +126,13 @@ mod tests {
             let jwt = signer.jwt().unwrap();
             let mut v = Validation::new(Algorithm::RS256);
             v.set_required_spec_claims(&["exp", "iat", "iss"]);
-            let claims =
-                jsonwebtoken::decode::<Decoded>(jwt.as_bytes(), &DecodingKey::from_rsa_pem(&public).unwrap(), &v)
-                    .unwrap()
-                    .claims;
+            let claims = jsonwebtoken::decode::<Decoded>(
+                jwt.as_bytes(),
+                &DecodingKey::from_rsa_pem(&public).unwrap(),
+                &v,
+            )
+            .unwrap()
+            .claims;
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
             assert_eq!(claims.iss, "4242");
             assert!(claims.iat <= now - 59 && claims.iat >= now - 61, "iat backdated 60 s");

@@ -214,7 +214,21 @@ enum Lookup {
     NotInstalled,
 }
 
-type LookupResult = Result<Lookup, Arc<Rejection>>;
+type LookupResult = Result<LookedUp, Arc<Rejection>>;
+
+/// A look-up's answer and what it asked about (`repo:o/r` or `owner:o`).
+#[derive(Debug, Clone)]
+struct LookedUp {
+    lookup: Lookup,
+    asked: String,
+}
+
+fn target_key(target: &Target) -> String {
+    match target {
+        Target::Repo(o, r) => format!("repo:{}/{}", o.to_ascii_lowercase(), r.to_ascii_lowercase()),
+        other => format!("owner:{}", other.owner().unwrap_or_default().to_ascii_lowercase()),
+    }
+}
 type MintResult = Result<Arc<InstallationToken>, Arc<Rejection>>;
 
 /// The broker: apps, clients, installation look-ups and the token cache.
@@ -395,13 +409,7 @@ impl Broker {
     async fn installation_of(&self, app: &Arc<App>, target: &Target) -> Result<u64, Rejection> {
         let owner = target.owner().unwrap_or_default().to_ascii_lowercase();
         let owner_key = (app.name().to_string(), format!("owner:{owner}"));
-        let lookup_key = match target {
-            Target::Repo(o, r) => (
-                app.name().to_string(),
-                format!("repo:{}/{}", o.to_ascii_lowercase(), r.to_ascii_lowercase()),
-            ),
-            _ => owner_key.clone(),
-        };
+        let lookup_key = (app.name().to_string(), target_key(target));
         for key in [&owner_key, &lookup_key] {
             match self.installations.get(key) {
                 Some(Lookup::Found(id)) => {
@@ -415,24 +423,16 @@ impl Broker {
                 _ => {}
             }
         }
-        let paths: Vec<String> = match target {
-            Target::Repo(o, r) => vec![format!("/repos/{o}/{r}/installation")],
-            Target::Org(o) => vec![format!("/orgs/{o}/installation")],
-            Target::User(u) => vec![format!("/users/{u}/installation")],
-            Target::Owner(o) => vec![format!("/orgs/{o}/installation"), format!("/users/{o}/installation")],
-            Target::Id(_) => unreachable!("ids need no look-up"),
-        };
-        let (flight, _) = self.lookups.join(lookup_key.clone(), || {
-            let upstream = self.upstream.clone();
-            let app = Arc::clone(app);
-            let metrics = Arc::clone(&self.metrics);
-            async move { look_up(&upstream, &app, &paths, &metrics).await }.boxed()
-        });
-        let result = flight
-            .await
-            .map_err(|_| Rejection::new(StatusCode::BAD_GATEWAY, "installation look-up failed"))?;
-        match result {
-            Ok(Lookup::Found(id)) => {
+        // Concurrent look-ups for one owner share one request, whichever repository they
+        // name: an installation covers its owner. Only "not installed" is repository-specific
+        // (an app may be installed on some repositories of an owner), so a follower whose
+        // repository differs from the one asked about looks up its own.
+        let mut result = self.look_up_shared(app, target, owner_key.clone()).await?;
+        if matches!(result.lookup, Lookup::NotInstalled) && result.asked != lookup_key.1 {
+            result = self.look_up_shared(app, target, lookup_key.clone()).await?;
+        }
+        match result.lookup {
+            Lookup::Found(id) => {
                 if lookup_key != owner_key {
                     self.installations.insert(lookup_key, Lookup::Found(id));
                 }
@@ -440,14 +440,43 @@ impl Broker {
                 self.installations.insert(owner_key, Lookup::Found(id));
                 Ok(id)
             }
-            Ok(Lookup::NotInstalled) => {
+            Lookup::NotInstalled => {
                 if !self.settings.not_installed_ttl.is_zero() {
                     self.installations.insert(lookup_key, Lookup::NotInstalled);
                 }
                 Err(not_installed(app, target))
             }
-            Err(rejection) => Err((*rejection).clone()),
         }
+    }
+
+    /// Runs (or joins) the look-up for `target` under the coalescing key `flight`.
+    async fn look_up_shared(
+        &self,
+        app: &Arc<App>,
+        target: &Target,
+        flight: (String, String),
+    ) -> Result<LookedUp, Rejection> {
+        let paths: Vec<String> = match target {
+            Target::Repo(o, r) => vec![format!("/repos/{o}/{r}/installation")],
+            Target::Org(o) => vec![format!("/orgs/{o}/installation")],
+            Target::User(u) => vec![format!("/users/{u}/installation")],
+            Target::Owner(o) => vec![format!("/orgs/{o}/installation"), format!("/users/{o}/installation")],
+            Target::Id(_) => unreachable!("ids need no look-up"),
+        };
+        let asked = target_key(target);
+        let (flight, _) = self.lookups.join(flight, || {
+            let upstream = self.upstream.clone();
+            let app = Arc::clone(app);
+            let metrics = Arc::clone(&self.metrics);
+            async move {
+                look_up(&upstream, &app, &paths, &metrics).await.map(|lookup| LookedUp { lookup, asked })
+            }
+            .boxed()
+        });
+        let result = flight
+            .await
+            .map_err(|_| Rejection::new(StatusCode::BAD_GATEWAY, "installation look-up failed"))?;
+        result.map_err(|rejection| (*rejection).clone())
     }
 
     /// The token for an identity: cached until `expires_at` minus the refresh buffer, one mint
@@ -590,7 +619,12 @@ fn upstream_failure(what: &str, e: UpstreamError) -> Arc<Rejection> {
     Arc::new(Rejection::new(status, format!("ghgate: {what}: {e}")))
 }
 
-async fn look_up(upstream: &Upstream, app: &App, paths: &[String], metrics: &Metrics) -> LookupResult {
+async fn look_up(
+    upstream: &Upstream,
+    app: &App,
+    paths: &[String],
+    metrics: &Metrics,
+) -> Result<Lookup, Arc<Rejection>> {
     metrics.app.lookup_misses.increment(1);
     for path in paths {
         let url = upstream.url_for(path).map_err(|e| Arc::new(Rejection::new(StatusCode::BAD_GATEWAY, e)))?;

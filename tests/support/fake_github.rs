@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -94,6 +94,28 @@ struct Inner {
     per_path: HashMap<String, u64>,
     /// Request log: (method, path and query, headers).
     log: Vec<(Method, String, HeaderMap)>,
+    /// The GitHub App side, once enabled.
+    app: Option<FakeApp>,
+}
+
+/// A GitHub App as GitHub sees it: its public key, where it is installed, its tokens.
+struct FakeApp {
+    id: String,
+    public_pem: Vec<u8>,
+    /// Owner (lower-case) → installation id.
+    installations: HashMap<String, u64>,
+    tokens: HashMap<String, FakeToken>,
+    lifetime: Duration,
+    lag: Duration,
+    next: u64,
+}
+
+struct FakeToken {
+    installation: u64,
+    minted: Instant,
+    expires: SystemTime,
+    revoked: bool,
+    permissions: Option<serde_json::Value>,
 }
 
 /// Shared state and counters of a running fake.
@@ -105,6 +127,16 @@ pub struct FakeState {
     pub charged: AtomicU64,
     /// 304 answers given.
     pub not_modified: AtomicU64,
+    /// Installation tokens minted.
+    pub mints: AtomicU64,
+    /// Installation look-ups answered (found or not).
+    pub lookups: AtomicU64,
+    /// App JWTs refused (bad signature, expired, too far in the future, wrong issuer).
+    pub jwt_refusals: AtomicU64,
+    /// Requests that used an expired installation token.
+    pub expired_token_uses: AtomicU64,
+    /// Requests refused because their token had not replicated yet.
+    pub lagged_token_uses: AtomicU64,
     prefix: String,
     base: Mutex<String>,
 }
@@ -148,6 +180,11 @@ impl FakeGitHub {
             requests: AtomicU64::new(0),
             charged: AtomicU64::new(0),
             not_modified: AtomicU64::new(0),
+            mints: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
+            jwt_refusals: AtomicU64::new(0),
+            expired_token_uses: AtomicU64::new(0),
+            lagged_token_uses: AtomicU64::new(0),
             prefix: prefix.to_string(),
             base: Mutex::new(format!("http://{addr}{prefix}")),
         });
@@ -182,6 +219,86 @@ impl FakeGitHub {
     /// for renamed repositories).
     pub fn redirect(&self, path: &str, status: u16, target: &str) {
         self.state.inner.lock().unwrap().redirects.insert(path.to_string(), (status, target.to_string()));
+    }
+
+    /// Turns on the GitHub App endpoints for one app, verifying its JWTs with `public_pem`.
+    pub fn enable_app(&self, app_id: &str, public_pem: &[u8]) {
+        self.state.inner.lock().unwrap().app = Some(FakeApp {
+            id: app_id.to_string(),
+            public_pem: public_pem.to_vec(),
+            installations: HashMap::new(),
+            tokens: HashMap::new(),
+            lifetime: Duration::from_secs(3600),
+            lag: Duration::ZERO,
+            next: 1,
+        });
+    }
+
+    /// Installs the app on an owner with an installation id.
+    pub fn install(&self, owner: &str, installation: u64) {
+        let mut inner = self.state.inner.lock().unwrap();
+        inner
+            .app
+            .as_mut()
+            .expect("app enabled")
+            .installations
+            .insert(owner.to_ascii_lowercase(), installation);
+    }
+
+    /// Removes the app from an owner.
+    pub fn uninstall(&self, owner: &str) {
+        let mut inner = self.state.inner.lock().unwrap();
+        inner.app.as_mut().expect("app enabled").installations.remove(&owner.to_ascii_lowercase());
+    }
+
+    /// How long new installation tokens live (GitHub: one hour).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state.inner.lock().unwrap().app.as_mut().expect("app enabled").lifetime = lifetime;
+    }
+
+    /// How long a new token is refused with 401 before it "replicates".
+    pub fn set_replication_lag(&self, lag: Duration) {
+        self.state.inner.lock().unwrap().app.as_mut().expect("app enabled").lag = lag;
+    }
+
+    /// Revokes every token minted so far.
+    pub fn revoke_tokens(&self) {
+        let mut inner = self.state.inner.lock().unwrap();
+        for t in inner.app.as_mut().expect("app enabled").tokens.values_mut() {
+            t.revoked = true;
+        }
+    }
+
+    /// Permissions the last minted token was asked for.
+    pub fn last_token_permissions(&self) -> Option<serde_json::Value> {
+        let inner = self.state.inner.lock().unwrap();
+        let app = inner.app.as_ref()?;
+        app.tokens.values().max_by_key(|t| t.minted).and_then(|t| t.permissions.clone())
+    }
+
+    /// Tokens minted.
+    pub fn mints(&self) -> u64 {
+        self.state.mints.load(Ordering::SeqCst)
+    }
+
+    /// Installation look-ups answered.
+    pub fn lookups(&self) -> u64 {
+        self.state.lookups.load(Ordering::SeqCst)
+    }
+
+    /// Requests made with an expired installation token.
+    pub fn expired_token_uses(&self) -> u64 {
+        self.state.expired_token_uses.load(Ordering::SeqCst)
+    }
+
+    /// Requests refused because their token had not replicated yet.
+    pub fn lagged_token_uses(&self) -> u64 {
+        self.state.lagged_token_uses.load(Ordering::SeqCst)
+    }
+
+    /// App JWTs refused.
+    pub fn jwt_refusals(&self) -> u64 {
+        self.state.jwt_refusals.load(Ordering::SeqCst)
     }
 
     /// Changes a resource's body (new version, new ETag, new Last-Modified).
@@ -291,6 +408,18 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
         return respond(&state, &cred, s, b, HeaderMap::new(), !status.is_server_error());
     }
 
+    if let Some(answer) = app_endpoint(&state, &parts.method, &path, &parts.headers, &body) {
+        return answer;
+    }
+    // Installation tokens: refused when unknown, revoked, expired or not yet replicated.
+    let mut cred = cred;
+    if cred.starts_with("ghs_") {
+        match check_installation_token(&state, &cred) {
+            Ok(installation) => cred = format!("{cred}|installation-{installation}"),
+            Err(answer) => return *answer,
+        }
+    }
+
     if parts.method == Method::GET || parts.method == Method::HEAD {
         return get(&state, &parts.headers, &path, &query, &cred, max_age);
     }
@@ -325,7 +454,7 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
         return respond(state, cred, s, b, HeaderMap::new(), true);
     };
     if let Some(visible) = &resource.visible_to {
-        if !visible.iter().any(|t| t == cred) {
+        if !visible.iter().any(|t| cred.split('|').any(|c| c == t)) {
             let (s, b) = json_error(StatusCode::NOT_FOUND, "Not Found");
             return respond(state, cred, s, b, HeaderMap::new(), true);
         }
@@ -383,9 +512,9 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
     let not_modified = if let Some(inm) = req.get("if-none-match").and_then(|v| v.to_str().ok()) {
         inm.split(',').any(|t| t.trim().trim_start_matches("W/") == etag.trim_start_matches("W/"))
     } else if let Some(ims) = req.get("if-modified-since").and_then(|v| v.to_str().ok()) {
-        httpdate::parse_http_date(ims)
-            .map(|since| resource.modified <= since + Duration::from_secs(0))
-            .unwrap_or(false)
+        // HTTP dates have whole seconds: compare at that precision.
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        httpdate::parse_http_date(ims).map(|since| secs(resource.modified) <= secs(since)).unwrap_or(false)
             && resource.send_last_modified
     } else {
         false
@@ -395,6 +524,136 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
         return respond(state, cred, StatusCode::NOT_MODIFIED, String::new(), headers, false);
     }
     respond(state, cred, StatusCode::OK, body, headers, true)
+}
+
+/// Answers the GitHub App endpoints (installation look-ups and token mints), which need a
+/// valid app JWT; `None` for every other request.
+fn app_endpoint(
+    state: &FakeState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Response> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let lookup_owner = match (method, segments.as_slice()) {
+        (&Method::GET, ["repos", owner, _, "installation"]) => Some(owner.to_string()),
+        (&Method::GET, ["orgs", owner, "installation"]) => Some(owner.to_string()),
+        (&Method::GET, ["users", owner, "installation"]) => Some(owner.to_string()),
+        _ => None,
+    };
+    let mint_for = match (method, segments.as_slice()) {
+        (&Method::POST, ["app", "installations", id, "access_tokens"]) => id.parse::<u64>().ok(),
+        _ => None,
+    };
+    if lookup_owner.is_none() && mint_for.is_none() {
+        return None;
+    }
+    if let Err(message) = verify_jwt(state, headers) {
+        state.jwt_refusals.fetch_add(1, Ordering::SeqCst);
+        let (s, b) = json_error(StatusCode::UNAUTHORIZED, &message);
+        return Some(respond(state, "app-jwt", s, b, HeaderMap::new(), false));
+    }
+    let mut inner = state.inner.lock().unwrap();
+    let app = inner.app.as_mut().expect("verified JWT implies an app");
+    if let Some(owner) = lookup_owner {
+        state.lookups.fetch_add(1, Ordering::SeqCst);
+        let found = app.installations.get(&owner.to_ascii_lowercase()).copied();
+        drop(inner);
+        return Some(match found {
+            Some(id) => {
+                let body = format!(r#"{{"id":{id},"account":{{"login":"{owner}"}},"app_id":1}}"#);
+                respond(state, "app-jwt", StatusCode::OK, body, HeaderMap::new(), false)
+            }
+            None => {
+                let (s, b) = json_error(StatusCode::NOT_FOUND, "Not Found");
+                respond(state, "app-jwt", s, b, HeaderMap::new(), false)
+            }
+        });
+    }
+    let installation = mint_for.expect("checked above");
+    if !app.installations.values().any(|id| *id == installation) {
+        drop(inner);
+        let (s, b) = json_error(StatusCode::NOT_FOUND, "Not Found");
+        return Some(respond(state, "app-jwt", s, b, HeaderMap::new(), false));
+    }
+    let permissions =
+        serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("permissions").cloned());
+    let token = format!("ghs_fake{}x{}", app.next, hex::encode(rand::random::<[u8; 8]>()));
+    app.next += 1;
+    let expires = SystemTime::now() + app.lifetime;
+    app.tokens.insert(
+        token.clone(),
+        FakeToken { installation, minted: Instant::now(), expires, revoked: false, permissions },
+    );
+    drop(inner);
+    state.mints.fetch_add(1, Ordering::SeqCst);
+    let expires_at = humantime::format_rfc3339_seconds(expires);
+    let body = format!(r#"{{"token":"{token}","expires_at":"{expires_at}","repository_selection":"all"}}"#);
+    Some(respond(state, "app-jwt", StatusCode::CREATED, body, HeaderMap::new(), false))
+}
+
+fn verify_jwt(state: &FakeState, headers: &HeaderMap) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iat: u64,
+        exp: u64,
+        iss: serde_json::Value,
+    }
+    let (app_id, public_pem) = {
+        let inner = state.inner.lock().unwrap();
+        let app = inner.app.as_ref().ok_or("no app is registered")?;
+        (app.id.clone(), app.public_pem.clone())
+    };
+    let value = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("A JSON web token could not be decoded")?;
+    let jwt = value.strip_prefix("Bearer ").ok_or("A JSON web token could not be decoded")?;
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(&public_pem).map_err(|e| e.to_string())?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    let claims = jsonwebtoken::decode::<Claims>(jwt.as_bytes(), &key, &validation)
+        .map_err(|e| format!("A JSON web token could not be decoded: {e}"))?
+        .claims;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    if claims.exp > now + 600 {
+        return Err("'Expiration time' claim ('exp') is too far in the future".into());
+    }
+    if claims.iat > now + 60 {
+        return Err("'Issued at' claim ('iat') must be an Integer representing a time in the past".into());
+    }
+    let iss = match &claims.iss {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if iss != app_id {
+        return Err("Integration not found".into());
+    }
+    Ok(())
+}
+
+/// The installation a token belongs to, or the 401 GitHub gives for it.
+fn check_installation_token(state: &FakeState, token: &str) -> Result<u64, Box<Response>> {
+    let verdict = {
+        let inner = state.inner.lock().unwrap();
+        let app = inner.app.as_ref();
+        match app.and_then(|a| a.tokens.get(token).map(|t| (t, a.lag))) {
+            None => Err(None),
+            Some((t, _)) if t.revoked => Err(None),
+            Some((t, _)) if t.expires <= SystemTime::now() => Err(Some(&state.expired_token_uses)),
+            Some((t, lag)) if t.minted.elapsed() < lag => Err(Some(&state.lagged_token_uses)),
+            Some((t, _)) => Ok(t.installation),
+        }
+    };
+    verdict.map_err(|counter| {
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        let (s, b) = json_error(StatusCode::UNAUTHORIZED, "Bad credentials");
+        Box::new(respond(state, token, s, b, HeaderMap::new(), false))
+    })
 }
 
 fn respond(
