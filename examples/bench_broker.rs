@@ -97,7 +97,11 @@ async fn main() {
     println!("## token-cache hit: uncached GET /rate_limit through ghgate, 3000 sequential requests each\n");
     println!("| credential | p50 | p99 |");
     println!("|---|---:|---:|");
-    println!("| client's own token (baseline) | {:?} | {:?} |", percentile(&plain, 0.5), percentile(&plain, 0.99));
+    println!(
+        "| client's own token (baseline) | {:?} | {:?} |",
+        percentile(&plain, 0.5),
+        percentile(&plain, 0.99)
+    );
     println!(
         "| broker client key (cached token) | {:?} | {:?} |",
         percentile(&brokered, 0.5),

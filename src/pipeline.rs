@@ -684,10 +684,15 @@ impl Gateway {
             let (send_body, replayable) = body.take();
             let result = self.upstream.send(method.clone(), url.clone(), headers, send_body).await;
             let response = self.account(&caller.partition, result)?;
-            if response.status() != StatusCode::UNAUTHORIZED || !replayable {
+            if !replayable {
                 return Ok((response, Some(token.tag)));
             }
-            if self.broker.settling(&token) {
+            let settling = self.broker.settling(&token);
+            let (response, refused) = token_refused(response, settling).await;
+            if !refused {
+                return Ok((response, Some(token.tag)));
+            }
+            if settling {
                 self.metrics.app.settle_retries.increment(1);
                 tokio::time::sleep(self.broker.settings().settle_retry_interval).await;
                 continue;
@@ -809,6 +814,41 @@ pub fn check_path(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether GitHub refused the token itself (so a retry with the same token after it settles,
+/// or with a fresh one, can succeed): any 401; a 403 only when it says "Bad credentials", or
+/// while a new token is settling and the 403 is not a rate-limit answer. A 403 that is a
+/// permissions or rate-limit answer goes back to the client. Small 403 bodies are read to
+/// decide and put back.
+async fn token_refused(response: reqwest::Response, settling: bool) -> (reqwest::Response, bool) {
+    match response.status() {
+        StatusCode::UNAUTHORIZED => (response, true),
+        StatusCode::FORBIDDEN => {
+            let rate_limited = response.headers().contains_key(http::header::RETRY_AFTER)
+                || response.headers().get("x-ratelimit-remaining").is_some_and(|v| v == "0");
+            let status = response.status();
+            let version = response.version();
+            let headers = response.headers().clone();
+            let body = match response.bytes().await {
+                Ok(body) => body,
+                // The body broke off: an empty 403 still tells the client it was refused.
+                Err(_) => Bytes::new(),
+            };
+            let text = String::from_utf8_lossy(&body).to_ascii_lowercase();
+            let refused = text.contains("bad credentials")
+                || (settling
+                    && !rate_limited
+                    && !text.contains("rate limit")
+                    && !text.contains("not accessible"));
+            let mut rebuilt = http::Response::new(body);
+            *rebuilt.status_mut() = status;
+            *rebuilt.version_mut() = version;
+            *rebuilt.headers_mut() = headers;
+            (reqwest::Response::from(rebuilt), refused)
+        }
+        _ => (response, false),
+    }
 }
 
 /// GitHub ties ETags to the token that fetched them: revalidating an entry fetched with an

@@ -330,3 +330,26 @@ async fn writes_with_a_client_key_are_retried_with_their_body_after_a_revocation
     assert_eq!(r.status(), 201);
     assert_eq!(r.text().await.unwrap(), r#"{"title":"hello"}"#, "the body was sent again");
 }
+
+#[tokio::test]
+async fn a_transient_403_from_a_new_token_is_retried_but_a_permissions_403_is_not() {
+    let fake = fake_with_app().await;
+    fake.install("octo", 7);
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    fake.set_replication_lag(Duration::from_millis(600));
+    fake.set_lag_status(403);
+    let gw = start_gateway(&fake.url(), |s| {
+        with_app(s);
+        s.broker.settle_delay = Duration::from_millis(900);
+    })
+    .await;
+    assert_eq!(get(&gw, "/repos/octo/hello", KEY).await.status(), 200);
+    assert!(fake.lagged_token_uses() >= 1);
+    assert_eq!(fake.mints(), 1);
+    // A settled token's 403 is GitHub's answer (permissions, SAML...): it goes back as is.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fake.fail_next(1, 403);
+    let r = get(&gw, "/repos/octo/other", KEY).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(fake.mints(), 1, "a permissions answer is no reason to mint");
+}

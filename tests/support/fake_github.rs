@@ -107,6 +107,8 @@ struct FakeApp {
     tokens: HashMap<String, FakeToken>,
     lifetime: Duration,
     lag: Duration,
+    /// The status a not-yet-replicated token gets (401, or the 403 seen in the wild).
+    lag_status: u16,
     next: u64,
 }
 
@@ -230,6 +232,7 @@ impl FakeGitHub {
             tokens: HashMap::new(),
             lifetime: Duration::from_secs(3600),
             lag: Duration::ZERO,
+            lag_status: 401,
             next: 1,
         });
     }
@@ -259,6 +262,11 @@ impl FakeGitHub {
     /// How long a new token is refused with 401 before it "replicates".
     pub fn set_replication_lag(&self, lag: Duration) {
         self.state.inner.lock().unwrap().app.as_mut().expect("app enabled").lag = lag;
+    }
+
+    /// Answers not-yet-replicated tokens with 403 instead of 401.
+    pub fn set_lag_status(&self, status: u16) {
+        self.state.inner.lock().unwrap().app.as_mut().expect("app enabled").lag_status = status;
     }
 
     /// Revokes every token minted so far.
@@ -639,19 +647,26 @@ fn check_installation_token(state: &FakeState, token: &str) -> Result<u64, Box<R
     let verdict = {
         let inner = state.inner.lock().unwrap();
         let app = inner.app.as_ref();
+        let lag_status = app.map(|a| a.lag_status).unwrap_or(401);
         match app.and_then(|a| a.tokens.get(token).map(|t| (t, a.lag))) {
-            None => Err(None),
-            Some((t, _)) if t.revoked => Err(None),
-            Some((t, _)) if t.expires <= SystemTime::now() => Err(Some(&state.expired_token_uses)),
-            Some((t, lag)) if t.minted.elapsed() < lag => Err(Some(&state.lagged_token_uses)),
+            None => Err((None, 401)),
+            Some((t, _)) if t.revoked => Err((None, 401)),
+            Some((t, _)) if t.expires <= SystemTime::now() => Err((Some(&state.expired_token_uses), 401)),
+            Some((t, lag)) if t.minted.elapsed() < lag => Err((Some(&state.lagged_token_uses), lag_status)),
             Some((t, _)) => Ok(t.installation),
         }
     };
-    verdict.map_err(|counter| {
+    verdict.map_err(|(counter, status)| {
         if let Some(counter) = counter {
             counter.fetch_add(1, Ordering::SeqCst);
         }
-        let (s, b) = json_error(StatusCode::UNAUTHORIZED, "Bad credentials");
+        let status = StatusCode::from_u16(status).unwrap();
+        let message = if status == StatusCode::FORBIDDEN {
+            "Resource protected by organization SAML enforcement"
+        } else {
+            "Bad credentials"
+        };
+        let (s, b) = json_error(status, message);
         Box::new(respond(state, token, s, b, HeaderMap::new(), false))
     })
 }
