@@ -267,15 +267,41 @@ pub struct FreshnessRule {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
-    /// Which backend holds cached answers.
+    /// Which backend holds state.
     pub backend: StoreBackend,
-    /// Directory for state that must survive restarts (the generated secret).
+    /// Directory for state that must survive restarts: the generated secret, and the disk
+    /// store under `cache/`.
     pub data_dir: PathBuf,
+    /// The in-memory tier in front of the disk or Redis backend.
+    #[serde(with = "size")]
+    pub hot_max_bytes: u64,
+    /// `redis://[user:password@]host[:port][/db]` (or `rediss://`) for `backend = "redis"`.
+    #[serde(deserialize_with = "de_opt_string", serialize_with = "ser_redacted")]
+    pub redis_url: Option<String>,
+    /// Namespace of every key ghgate writes, so several deployments can share one Redis.
+    #[serde(deserialize_with = "de_string")]
+    pub redis_prefix: String,
+    /// Longest wait for one Redis command (and for a connection); keep it short: on expiry
+    /// the request goes on without Redis.
+    #[serde(with = "duration")]
+    pub redis_timeout: Duration,
+    /// How long a replica waits for another replica's fetch, mint or look-up of the same key
+    /// before it goes upstream itself.
+    #[serde(with = "duration")]
+    pub lock_wait: Duration,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        Self { backend: StoreBackend::Memory, data_dir: PathBuf::from("./ghgate-data") }
+        Self {
+            backend: StoreBackend::Disk,
+            data_dir: PathBuf::from("./ghgate-data"),
+            hot_max_bytes: 64 * 1024 * 1024,
+            redis_url: None,
+            redis_prefix: "ghgate:".into(),
+            redis_timeout: Duration::from_millis(250),
+            lock_wait: Duration::from_secs(5),
+        }
     }
 }
 
@@ -285,6 +311,10 @@ impl Default for StoreSettings {
 pub enum StoreBackend {
     /// Bounded in-process memory; lost on restart.
     Memory,
+    /// The embedded disk store under `store.data_dir`, with a memory tier: survives restarts.
+    Disk,
+    /// Redis, shared by every replica, with a memory tier.
+    Redis,
 }
 
 /// `[log]`: log format and filter.
@@ -434,6 +464,25 @@ impl Settings {
             if secret.len() < 16 {
                 bad("server.secret", "must be at least 16 characters".into());
             }
+        }
+        if self.store.backend == StoreBackend::Redis {
+            match self.store.redis_url.as_deref() {
+                None => bad("store.redis_url", "is required when store.backend = \"redis\"".into()),
+                Some(url) => {
+                    if !(url.starts_with("redis://")
+                        || url.starts_with("rediss://")
+                        || url.starts_with("unix://"))
+                    {
+                        bad("store.redis_url", "must start with redis://, rediss:// or unix://".into());
+                    }
+                }
+            }
+        }
+        if self.store.redis_timeout.is_zero() {
+            bad("store.redis_timeout", "must be greater than zero".into());
+        }
+        if self.store.hot_max_bytes == 0 {
+            bad("store.hot_max_bytes", "must be greater than zero".into());
         }
         if self.upstream.timeout.is_zero() {
             bad("upstream.timeout", "must be greater than zero".into());
@@ -735,7 +784,7 @@ mod tests {
         assert!(s.server.listen.ip().is_loopback());
         assert!(s.server.admin_listen.ip().is_loopback());
         assert_eq!(s.upstream.url.as_str(), "https://api.github.com/");
-        assert_eq!(s.store.backend, StoreBackend::Memory);
+        assert_eq!(s.store.backend, StoreBackend::Disk);
         assert_eq!(s.cache.max_bytes, 256 << 20);
     }
 

@@ -31,7 +31,7 @@ use crate::config::Settings;
 use crate::github::{self, RateLimit};
 use crate::identity::{Partition, Partitioner};
 use crate::rewrite;
-use crate::store::Store;
+use crate::store::{self, ResponseCache, Stores};
 use crate::telemetry::Metrics;
 use crate::upstream::{self, Upstream, UpstreamError};
 
@@ -50,7 +50,7 @@ pub struct Gateway {
     settings: Arc<Settings>,
     policy: FreshnessPolicy,
     partitioner: Partitioner,
-    store: Arc<dyn Store>,
+    responses: ResponseCache,
     upstream: Upstream,
     upstream_base: String,
     public_url: Option<String>,
@@ -147,19 +147,21 @@ struct FillRequest {
 }
 
 impl Gateway {
-    /// Assembles a gateway from validated settings, a store and the partition secret.
+    /// Assembles a gateway from validated settings, its stores and the partition secret.
     pub fn new(
         settings: Arc<Settings>,
-        store: Arc<dyn Store>,
+        stores: Stores,
         secret: &[u8],
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Gateway>, String> {
         let upstream = Upstream::new(&settings.upstream)?;
-        let broker = Broker::new(&settings, upstream.clone(), Arc::clone(&metrics))?;
+        let sealer = store::Sealer::new(secret);
+        let broker =
+            Broker::new(&settings, upstream.clone(), stores.backend.clone(), sealer, Arc::clone(&metrics))?;
         let upstream_base = rewrite::base_of(&settings.upstream.url);
         let public_url =
             settings.server.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());
-        metrics.store_max_bytes.set(store.max_bytes() as f64);
+        metrics.store_max_bytes.set(settings.cache.max_bytes as f64);
         Ok(Arc::new(Gateway {
             policy: FreshnessPolicy::new(settings.cache.clone()),
             partitioner: Partitioner::new(secret),
@@ -176,7 +178,7 @@ impl Gateway {
                 .max_capacity(100_000)
                 .time_to_live(settings.cache.retain_stale.max(Duration::from_secs(60)))
                 .build(),
-            store,
+            responses: stores.responses,
             metrics,
             settings,
         }))
@@ -187,14 +189,19 @@ impl Gateway {
         &self.metrics
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The GitHub App broker.
     pub fn broker(&self) -> &Broker {
         &self.broker
     }
 
-    /// The response store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// The response cache (hot tier and backend).
+    pub fn responses(&self) -> &ResponseCache {
+        &self.responses
     }
 
     /// Handles one proxied request, start to finish.
@@ -295,7 +302,7 @@ impl Gateway {
         let key = CacheKey::new(partition, path_and_query, &parts.headers);
         let head = parts.method == Method::HEAD;
         let now = SystemTime::now();
-        let entry = match self.store.get(&key.key).await {
+        let entry = match self.responses.get(&key.key).await {
             Ok(entry) => entry.filter(|e| e.vary_matches(&parts.headers)),
             Err(e) => {
                 self.metrics.store_errors.increment(1);
@@ -389,9 +396,44 @@ impl Gateway {
         }
     }
 
-    /// Phases 4–5: fetch from upstream (conditionally when there is a prior entry) and store
-    /// what may be stored. Runs in its own task; its result is shared by coalesced callers.
+    /// Phases 4–5, once across replicas: with a shared store, one replica fetches a key while
+    /// the others wait for the entry it stores (see [`store::once_across_replicas`]).
     async fn fill(self: Arc<Self>, request: FillRequest) -> Fill {
+        let lock_key = format!("lock:{}", ResponseCache::backend_key(&request.key.key));
+        let hold = self.settings.upstream.timeout + Duration::from_secs(2);
+        let wait = self.settings.store.lock_wait;
+        let checker = Arc::clone(&self);
+        let cache_key = request.key.key.clone();
+        let prior_time = request.prior.as_ref().map(|p| p.response_time);
+        let client_headers = request.headers.clone();
+        let check = move || {
+            let gateway = Arc::clone(&checker);
+            let cache_key = cache_key.clone();
+            let client_headers = client_headers.clone();
+            async move {
+                let entry = gateway.responses.get_from_backend(&cache_key).await.ok().flatten()?;
+                let newer = prior_time.is_none_or(|t| entry.response_time > t);
+                (newer && entry.vary_matches(&client_headers)).then(|| {
+                    Fill::Complete(Arc::new(Answer {
+                        status: entry.status,
+                        headers: entry.headers.clone(),
+                        body: entry.body.clone(),
+                        outcome: Outcome::Coalesced,
+                        entry: Some(entry),
+                    }))
+                })
+            }
+            .boxed()
+        };
+        let worker = Arc::clone(&self);
+        let work = move || worker.fill_from_upstream(request).boxed();
+        let backend = self.responses.backend().cloned();
+        store::once_across_replicas(backend.as_ref(), &lock_key, hold, wait, &self.metrics, check, work).await
+    }
+
+    /// Fetches from upstream (conditionally when there is a prior entry) and stores what may
+    /// be stored. Runs in its own task; its result is shared by coalesced callers.
+    async fn fill_from_upstream(self: Arc<Self>, request: FillRequest) -> Fill {
         let FillRequest { key, caller, path_and_query, path, mut headers, prior } = request;
         let partition = &caller.partition;
         if let Some(prior) = &prior {
@@ -528,7 +570,7 @@ impl Gateway {
             .await;
         if entry.is_none() && prior.is_some() {
             // A newer answer that may not be stored replaces the old one: forget it.
-            if let Err(e) = self.store.remove(&key.key).await {
+            if let Err(e) = self.responses.remove(&key.key).await {
                 self.metrics.store_errors.increment(1);
                 warn!(error = %e, "could not drop a replaced cache entry");
             }
@@ -577,16 +619,11 @@ impl Gateway {
             path_key: key.path_key.clone(),
             credential_tag,
         });
-        match self.store.put(key.key.clone(), Arc::clone(&entry), entry.time_to_keep(now)).await {
-            Ok(()) => {
-                self.metrics.cache_stores.increment(1);
-                self.metrics.store_bytes.set(self.store.size_bytes() as f64);
-                self.metrics.store_entries.set(self.store.entry_count() as f64);
-            }
-            Err(e) => {
-                self.metrics.store_errors.increment(1);
-                warn!(error = %e, "could not store a cache entry; serving it anyway");
-            }
+        self.metrics.cache_stores.increment(1);
+        if let Err(e) = self.responses.put(key.key.clone(), Arc::clone(&entry), entry.time_to_keep(now)).await
+        {
+            // The memory tier has it; the backend's failure is counted and logged by the backend.
+            tracing::debug!(error = %e, "cache entry kept in memory only");
         }
         Some(entry)
     }
@@ -697,7 +734,7 @@ impl Gateway {
                 tokio::time::sleep(self.broker.settings().settle_retry_interval).await;
                 continue;
             }
-            if !reminted && self.broker.evict_rejected(auth, &token) {
+            if !reminted && self.broker.evict_rejected(auth, &token).await {
                 reminted = true;
                 self.metrics.app.stale_token_retries.increment(1);
                 warn!(

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::identity;
 use crate::pipeline::Gateway;
-use crate::store;
+use crate::store::{self, Health};
 use crate::telemetry::Metrics;
 
 pub use crate::pipeline::check_path;
@@ -70,8 +70,8 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
             )
         })?;
     let metrics = Metrics::new();
-    let store = store::from_settings(&settings.store, settings.cache.max_bytes);
-    let gateway = Gateway::new(Arc::clone(&settings), store, &secret, Arc::clone(&metrics))?;
+    let stores = store::from_settings(&settings, Arc::clone(&metrics))?;
+    let gateway = Gateway::new(Arc::clone(&settings), stores, &secret, Arc::clone(&metrics))?;
 
     let proxy = TcpListener::bind(settings.server.listen)
         .await
@@ -96,7 +96,8 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    upkeep_gateway.store().maintain().await;
+                    upkeep_gateway.responses().maintain().await;
+                    record_store_gauges(&upkeep_gateway);
                     upkeep_gateway.metrics().run_upkeep();
                 }
                 _ = upkeep_stop.changed() => break,
@@ -107,7 +108,7 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         proxy = %proxy_addr,
         admin = %admin_addr,
         upstream = %settings.upstream.url,
-        store = %gateway.store().location(),
+        store = %gateway.responses().location(),
         "ghgate listening"
     );
     Ok(Running { proxy_addr, admin_addr, gateway, shutdown, tasks })
@@ -143,10 +144,9 @@ fn admin_router(gateway: Arc<Gateway>) -> Router {
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    gateway.store().maintain().await;
+    gateway.responses().maintain().await;
+    record_store_gauges(&gateway);
     let m = gateway.metrics();
-    m.store_bytes.set(gateway.store().size_bytes() as f64);
-    m.store_entries.set(gateway.store().entry_count() as f64);
     let mut response = Response::new(Body::from(m.render()));
     response
         .headers_mut()
@@ -154,14 +154,32 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     response
 }
 
+fn record_store_gauges(gateway: &Gateway) {
+    let m = gateway.metrics();
+    let responses = gateway.responses();
+    m.store_bytes.set(responses.size_bytes() as f64);
+    m.store_entries.set(responses.entry_count() as f64);
+    m.store_hot_bytes.set(responses.hot_bytes() as f64);
+    m.store_degraded.set(if responses.health() == Health::Ok { 0.0 } else { 1.0 });
+}
+
+/// Ready while the gateway can answer. A failing store does not make it unready — requests
+/// are still answered, without the store — but the answer says `degraded` and why, so a
+/// probe or a person can tell. (Failing readiness on a shared-Redis outage would take every
+/// replica out of service at once.)
 async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
-    // The memory store cannot be unavailable; later backends report their health here.
-    let body = serde_json::json!({ "status": "ready", "store": gateway.store().location() });
+    let responses = gateway.responses();
+    let body = match responses.health() {
+        Health::Ok => serde_json::json!({ "status": "ready", "store": responses.location() }),
+        Health::Degraded(reason) => {
+            serde_json::json!({ "status": "degraded", "store": responses.location(), "reason": reason })
+        }
+    };
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn status_page(State(gateway): State<Arc<Gateway>>) -> Response {
-    let store = gateway.store();
+    let store = gateway.responses();
     store.maintain().await;
     let text = format!(
         "ghgate {}\nstore: {}\nentries: {}\nbytes: {} of {}\nmetrics: /metrics\n",
@@ -169,7 +187,7 @@ async fn status_page(State(gateway): State<Arc<Gateway>>) -> Response {
         store.location(),
         store.entry_count(),
         store.size_bytes(),
-        store.max_bytes(),
+        gateway.settings().cache.max_bytes,
     );
     text.into_response()
 }

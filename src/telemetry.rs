@@ -42,6 +42,16 @@ pub struct Metrics {
     pub invalidations: Counter,
     /// `ghgate_store_errors_total`
     pub store_errors: Counter,
+    /// `ghgate_store_corrupt_entries_total`
+    pub store_corrupt: Counter,
+    /// `ghgate_store_degraded`: 1 while the backend is failing.
+    pub store_degraded: Gauge,
+    /// `ghgate_store_hot_bytes`
+    pub store_hot_bytes: Gauge,
+    /// `ghgate_store_lock_waits_total`: requests that waited for another replica's work.
+    pub lock_waits: Counter,
+    /// `ghgate_store_lock_timeouts_total`: waits that gave up and went upstream alone.
+    pub lock_timeouts: Counter,
     /// `ghgate_bad_requests_total`: requests refused before reaching the pipeline.
     pub bad_requests: Counter,
     /// `ghgate_store_bytes`
@@ -149,6 +159,28 @@ impl Metrics {
                 "Paths marked stale because an unsafe request changed them.",
             ),
             store_errors: counter("ghgate_store_errors_total", "Store operations that failed."),
+            store_corrupt: counter(
+                "ghgate_store_corrupt_entries_total",
+                "Stored values dropped because their checksum or format did not match.",
+            ),
+            store_degraded: gauge(
+                "ghgate_store_degraded",
+                None,
+                "1 while the store backend is failing and requests are served without it.",
+            ),
+            store_hot_bytes: gauge(
+                "ghgate_store_hot_bytes",
+                Some(Unit::Bytes),
+                "Bytes held by the in-memory tier in front of the backend.",
+            ),
+            lock_waits: counter(
+                "ghgate_store_lock_waits_total",
+                "Requests that waited for another replica's fetch, mint or look-up of the same key.",
+            ),
+            lock_timeouts: counter(
+                "ghgate_store_lock_timeouts_total",
+                "Waits for another replica that timed out; the request went upstream itself.",
+            ),
             bad_requests: counter(
                 "ghgate_bad_requests_total",
                 "Requests refused as malformed before reaching upstream.",

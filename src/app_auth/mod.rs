@@ -13,7 +13,7 @@ mod jwt;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -25,6 +25,7 @@ pub use jwt::AppSigner;
 
 use crate::coalesce::Coalescer;
 use crate::config::{BrokerSettings, FreshTokenStrategy, Settings};
+use crate::store::{self, Sealer, Store};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -181,6 +182,13 @@ struct TokenKey {
     permissions: String,
 }
 
+impl TokenKey {
+    /// The store key of the token.
+    fn store_key(&self) -> String {
+        format!("t:{}:{}:{}", self.app, self.installation, self.permissions)
+    }
+}
+
 /// An installation token. `Debug` never shows its value.
 pub struct InstallationToken {
     value: String,
@@ -199,6 +207,11 @@ impl fmt::Debug for InstallationToken {
 }
 
 impl InstallationToken {
+    fn new(value: String, expires_at: SystemTime, minted_at: Instant) -> Self {
+        let tag = u64::from_be_bytes(Sha256::digest(value.as_bytes())[..8].try_into().expect("8 bytes"));
+        InstallationToken { value, expires_at, minted_at, tag }
+    }
+
     /// The `Authorization` value to send upstream.
     pub fn authorization(&self) -> HeaderValue {
         let mut v =
@@ -244,7 +257,134 @@ pub struct Broker {
     mints: Coalescer<TokenKey, MintResult>,
     /// When a token was last replaced because GitHub rejected it, per installation.
     forced_remints: moka::sync::Cache<TokenKey, Instant>,
+    /// The store backend: tokens (sealed) and look-ups persist there and, on Redis, are
+    /// shared by every replica.
+    backend: Option<Arc<dyn Store>>,
+    sealer: Arc<Sealer>,
+    hold: Duration,
+    settings_wait: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// What the broker's background work needs of the store, cloned into each task.
+#[derive(Clone)]
+struct SharedState {
+    backend: Option<Arc<dyn Store>>,
+    sealer: Arc<Sealer>,
+    hold: Duration,
+    wait: Duration,
+    buffer: Duration,
+    found_ttl: Duration,
+    not_installed_ttl: Duration,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredToken {
+    token: String,
+    expires_at_ms: u64,
+    minted_at_ms: u64,
+}
+
+impl SharedState {
+    /// A token from the store, if one is there, opens with our key, and is not due for
+    /// replacement.
+    async fn load_token(&self, key: &str) -> Option<Arc<InstallationToken>> {
+        let backend = self.backend.as_ref()?;
+        let framed = backend.get(key).await.ok()??;
+        let (_, sealed) = store::unframe(&framed).ok()?;
+        let plain = self.sealer.open(key.as_bytes(), sealed)?;
+        let stored: StoredToken = serde_json::from_slice(&plain).ok()?;
+        let expires_at = UNIX_EPOCH + Duration::from_millis(stored.expires_at_ms);
+        if expires_at.checked_sub(self.buffer)? <= SystemTime::now() {
+            return None;
+        }
+        let minted_system = UNIX_EPOCH + Duration::from_millis(stored.minted_at_ms);
+        let age = SystemTime::now().duration_since(minted_system).unwrap_or_default();
+        let minted_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        Some(Arc::new(InstallationToken::new(stored.token, expires_at, minted_at)))
+    }
+
+    /// Keeps a token, sealed, until it is due for replacement.
+    async fn save_token(&self, key: &str, token: &InstallationToken) {
+        let Some(backend) = &self.backend else { return };
+        let Some(until) = token.expires_at.checked_sub(self.buffer) else { return };
+        let Ok(ttl) = until.duration_since(SystemTime::now()) else { return };
+        let millis = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let minted_system = SystemTime::now() - token.minted_at.elapsed();
+        let stored = StoredToken {
+            token: token.value.clone(),
+            expires_at_ms: millis(token.expires_at),
+            minted_at_ms: millis(minted_system),
+        };
+        let plain = serde_json::to_vec(&stored).unwrap_or_default();
+        let sealed = self.sealer.seal(key.as_bytes(), &plain);
+        let _ = backend.put(key, store::frame(&sealed, until), ttl).await;
+    }
+
+    /// A look-up result from the store: the owner's installation, or "not installed" for
+    /// exactly what was asked.
+    async fn load_lookup(&self, owner_key: &str, asked_key: &str, asked: &str) -> Option<LookedUp> {
+        let backend = self.backend.as_ref()?;
+        let read = |key: &str| {
+            let key = key.to_string();
+            async move {
+                let framed = backend.get(&key).await.ok()??;
+                let (_, payload) = store::unframe(&framed).ok()?;
+                let text = std::str::from_utf8(payload).ok()?.to_string();
+                Some(text)
+            }
+        };
+        if let Some(text) = read(owner_key).await {
+            if let Some(id) = text.strip_prefix("found:").and_then(|id| id.parse().ok()) {
+                return Some(LookedUp { lookup: Lookup::Found(id), asked: asked.to_string() });
+            }
+        }
+        if asked_key != owner_key {
+            if let Some(text) = read(asked_key).await {
+                if let Some(id) = text.strip_prefix("found:").and_then(|id| id.parse().ok()) {
+                    return Some(LookedUp { lookup: Lookup::Found(id), asked: asked.to_string() });
+                }
+                if text == "none" && !self.not_installed_ttl.is_zero() {
+                    return Some(LookedUp { lookup: Lookup::NotInstalled, asked: asked.to_string() });
+                }
+            }
+        }
+        if asked_key == owner_key {
+            if let Some(text) = read(owner_key).await {
+                if text == "none" && !self.not_installed_ttl.is_zero() {
+                    return Some(LookedUp { lookup: Lookup::NotInstalled, asked: asked.to_string() });
+                }
+            }
+        }
+        None
+    }
+
+    async fn save_lookup(&self, owner_key: &str, asked_key: &str, lookup: Lookup) {
+        let Some(backend) = &self.backend else { return };
+        let now = SystemTime::now();
+        match lookup {
+            Lookup::Found(id) => {
+                let value = store::frame(format!("found:{id}").as_bytes(), now + self.found_ttl);
+                let _ = backend.put(owner_key, value.clone(), self.found_ttl).await;
+                if asked_key != owner_key {
+                    let _ = backend.put(asked_key, value, self.found_ttl).await;
+                }
+            }
+            Lookup::NotInstalled if !self.not_installed_ttl.is_zero() => {
+                let value = store::frame(b"none", now + self.not_installed_ttl);
+                let _ = backend.put(asked_key, value, self.not_installed_ttl).await;
+            }
+            Lookup::NotInstalled => {}
+        }
+    }
+}
+
+/// `owner:o` for a look-up key (`repo:o/r` or `owner:o`).
+fn owner_part(asked: &str) -> String {
+    match asked.strip_prefix("repo:") {
+        Some(repo) => format!("owner:{}", repo.split('/').next().unwrap_or_default()),
+        None => asked.to_string(),
+    }
 }
 
 struct LookupExpiry {
@@ -284,7 +424,13 @@ impl moka::Expiry<TokenKey, Arc<InstallationToken>> for TokenExpiry {
 impl Broker {
     /// Builds the broker from validated settings. Apps whose keys cannot be loaded are an
     /// error naming the app (check-config reports the same).
-    pub fn new(settings: &Settings, upstream: Upstream, metrics: Arc<Metrics>) -> Result<Broker, String> {
+    pub fn new(
+        settings: &Settings,
+        upstream: Upstream,
+        backend: Option<Arc<dyn Store>>,
+        sealer: Sealer,
+        metrics: Arc<Metrics>,
+    ) -> Result<Broker, String> {
         let mut apps = std::collections::HashMap::new();
         for app in &settings.apps {
             apps.insert(app.name.clone(), Arc::new(App { signer: AppSigner::from_settings(app)? }));
@@ -312,6 +458,7 @@ impl Broker {
             installations: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .expire_after(LookupExpiry { found: b.installation_ttl, not_installed: b.not_installed_ttl })
+                .support_invalidation_closures()
                 .build(),
             lookups: Coalescer::default(),
             tokens: moka::sync::Cache::builder()
@@ -323,6 +470,10 @@ impl Broker {
                 .max_capacity(100_000)
                 .time_to_live(b.remint_min_interval.max(Duration::from_millis(1)))
                 .build(),
+            backend,
+            sealer: Arc::new(sealer),
+            hold: settings.upstream.timeout + Duration::from_secs(2),
+            settings_wait: settings.store.lock_wait,
             metrics,
             settings: b.clone(),
         })
@@ -464,12 +615,55 @@ impl Broker {
             Target::Id(_) => unreachable!("ids need no look-up"),
         };
         let asked = target_key(target);
+        let shared = self.shared();
         let (flight, _) = self.lookups.join(flight, || {
             let upstream = self.upstream.clone();
             let app = Arc::clone(app);
             let metrics = Arc::clone(&self.metrics);
             async move {
-                look_up(&upstream, &app, &paths, &metrics).await.map(|lookup| LookedUp { lookup, asked })
+                // What another replica (or an earlier run) found, first.
+                let owner_key = format!("i:{}:{}", app.name(), owner_part(&asked));
+                let asked_key = format!("i:{}:{asked}", app.name());
+                let stored = shared.load_lookup(&owner_key, &asked_key, &asked).await;
+                if let Some(found) = stored {
+                    return Ok(found);
+                }
+                let check = {
+                    let shared = shared.clone();
+                    let (owner_key, asked_key, asked) = (owner_key.clone(), asked_key.clone(), asked.clone());
+                    move || {
+                        let shared = shared.clone();
+                        let (owner_key, asked_key, asked) =
+                            (owner_key.clone(), asked_key.clone(), asked.clone());
+                        async move { shared.load_lookup(&owner_key, &asked_key, &asked).await.map(Ok) }
+                            .boxed()
+                    }
+                };
+                let lock = format!("lock:{asked_key}");
+                let work = {
+                    let shared = shared.clone();
+                    let metrics = Arc::clone(&metrics);
+                    move || {
+                        async move {
+                            let result = look_up(&upstream, &app, &paths, &metrics).await;
+                            if let Ok(lookup) = &result {
+                                shared.save_lookup(&owner_key, &asked_key, *lookup).await;
+                            }
+                            result.map(|lookup| LookedUp { lookup, asked })
+                        }
+                        .boxed()
+                    }
+                };
+                store::once_across_replicas(
+                    shared.backend.as_ref(),
+                    &lock,
+                    shared.hold,
+                    shared.wait,
+                    &metrics,
+                    check,
+                    work,
+                )
+                .await
             }
             .boxed()
         });
@@ -489,6 +683,7 @@ impl Broker {
                 token
             }
             None => {
+                let shared = self.shared();
                 let (flight, _) = self.mints.join(key.clone(), || {
                     let upstream = self.upstream.clone();
                     let auth = auth.clone();
@@ -496,12 +691,54 @@ impl Broker {
                     let tokens = self.tokens.clone();
                     let installations = self.installations.clone();
                     async move {
-                        let minted = mint(&upstream, &auth, &metrics).await;
+                        let store_key = key.store_key();
+                        // A token another replica (or an earlier run) minted, first.
+                        if let Some(token) = shared.load_token(&store_key).await {
+                            metrics.app.token_hits.increment(1);
+                            tokens.insert(key, Arc::clone(&token));
+                            return Ok(token);
+                        }
+                        let check = {
+                            let shared = shared.clone();
+                            let store_key = store_key.clone();
+                            move || {
+                                let shared = shared.clone();
+                                let store_key = store_key.clone();
+                                async move { shared.load_token(&store_key).await.map(Ok) }.boxed()
+                            }
+                        };
+                        let installation = auth.installation;
+                        let work = {
+                            let shared = shared.clone();
+                            let metrics = Arc::clone(&metrics);
+                            let store_key = store_key.clone();
+                            move || {
+                                async move {
+                                    let minted = mint(&upstream, &auth, &metrics).await;
+                                    if let Ok(token) = &minted {
+                                        shared.save_token(&store_key, token).await;
+                                    }
+                                    minted
+                                }
+                                .boxed()
+                            }
+                        };
+                        let lock = format!("lock:{store_key}");
+                        let minted = store::once_across_replicas(
+                            shared.backend.as_ref(),
+                            &lock,
+                            shared.hold,
+                            shared.wait,
+                            &metrics,
+                            check,
+                            work,
+                        )
+                        .await;
                         match &minted {
                             Ok(token) => tokens.insert(key, Arc::clone(token)),
                             Err(r) if r.status == StatusCode::NOT_FOUND => {
                                 // The installation is gone: forget every look-up that led to it.
-                                let id = auth.installation;
+                                let id = installation;
                                 let _ = installations.invalidate_entries_if(
                                     move |_, v| matches!(v, Lookup::Found(found) if *found == id),
                                 );
@@ -527,9 +764,10 @@ impl Broker {
         Ok(token)
     }
 
-    /// GitHub rejected `token`: forget it so the next call mints a fresh one. Returns false
-    /// (and keeps it) when this installation was re-minted within `remint_min_interval`.
-    pub fn evict_rejected(&self, auth: &AppAuth, token: &InstallationToken) -> bool {
+    /// GitHub rejected `token`: forget it (here and in the shared store) so the next call
+    /// mints a fresh one. Returns false (and keeps it) when this installation was re-minted
+    /// within `remint_min_interval`.
+    pub async fn evict_rejected(&self, auth: &AppAuth, token: &InstallationToken) -> bool {
         let key = auth.token_key();
         if self.forced_remints.contains_key(&key) {
             warn!(
@@ -543,7 +781,26 @@ impl Broker {
         if self.tokens.get(&key).is_some_and(|cached| cached.tag == token.tag) {
             self.tokens.invalidate(&key);
         }
+        let shared = self.shared();
+        let store_key = key.store_key();
+        if shared.load_token(&store_key).await.is_some_and(|stored| stored.tag == token.tag) {
+            if let Some(backend) = &shared.backend {
+                let _ = backend.remove(&store_key).await;
+            }
+        }
         true
+    }
+
+    fn shared(&self) -> SharedState {
+        SharedState {
+            backend: self.backend.clone(),
+            sealer: Arc::clone(&self.sealer),
+            hold: self.hold,
+            wait: self.settings_wait,
+            buffer: self.settings.token_refresh_buffer,
+            found_ttl: self.settings.installation_ttl,
+            not_installed_ttl: self.settings.not_installed_ttl,
+        }
     }
 
     /// Whether a fresh token is still inside its settle window.
@@ -729,11 +986,12 @@ async fn mint(upstream: &Upstream, auth: &AppAuth, metrics: &Metrics) -> MintRes
             format!("ghgate: malformed expires_at from GitHub: {e}"),
         ))
     })?;
-    let tag = u64::from_be_bytes(Sha256::digest(minted.token.as_bytes())[..8].try_into().expect("8 bytes"));
+    let token = InstallationToken::new(minted.token, expires_at, Instant::now());
+    let tag = token.tag;
     metrics.app.tokens_minted.increment(1);
     metrics.app.mint_duration.record(started.elapsed().as_secs_f64());
     info!(app = auth.app.name(), installation = auth.installation, token = %format_args!("{tag:016x}"), "minted an installation token");
-    Ok(Arc::new(InstallationToken { value: minted.token, expires_at, minted_at: Instant::now(), tag }))
+    Ok(Arc::new(token))
 }
 
 /// Prints a new client key and the SHA-256 to configure for it.

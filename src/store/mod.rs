@@ -1,60 +1,173 @@
-//! Where cached answers live. The pipeline knows only the [`Store`] trait; which backend sits
-//! behind it is decided once, by [`from_settings`], from the configuration.
+//! Where state lives. Everything above this module knows two things: the [`Store`] trait — a
+//! byte key-value store with expiry and short cross-process locks, implemented by the disk
+//! ([`DiskStore`]) and Redis ([`RedisStore`]) backends — and [`ResponseCache`], the in-memory
+//! hot tier of decoded answers in front of whichever backend the settings chose
+//! ([`from_settings`]). With the `memory` backend the hot tier is all there is.
 
-mod memory;
+mod codec;
+mod disk;
+mod redis;
+mod sealed;
+mod tiered;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::cache::CachedResponse;
-use crate::config::{StoreBackend, StoreSettings};
+pub use codec::{CodecError, decode_response, encode_response, frame, unframe};
+pub use disk::DiskStore;
+pub use redis::RedisStore;
+pub use sealed::Sealer;
+pub use tiered::ResponseCache;
 
-pub use memory::MemoryStore;
+use crate::config::{Settings, StoreBackend};
+use crate::telemetry::Metrics;
 
-/// A failure of the store itself (not a miss). The pipeline treats it as a miss, counts it
-/// and carries on: a store outage degrades to pass-through, never to an error for clients.
-#[derive(Debug, thiserror::Error)]
+/// A failure of the store itself (not a miss). Callers treat it as a miss, count it and carry
+/// on: a store outage degrades to pass-through, never to an error for clients.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("store error: {0}")]
 pub struct StoreError(pub String);
 
-/// A key-value store for cached answers, bounded in size by its backend.
-pub trait Store: Send + Sync + 'static {
-    /// The entry under `key`, if present and not expired.
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Arc<CachedResponse>>, StoreError>>;
+/// Whether the store works right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Every recent operation succeeded.
+    Ok,
+    /// Recent operations failed; requests are served without it.
+    Degraded(String),
+}
 
-    /// Stores `entry` under `key`, to be forgotten after `ttl`.
-    fn put(
-        &self,
-        key: String,
-        entry: Arc<CachedResponse>,
+/// A byte key-value store with per-key expiry, bounded by its backend, plus short locks that
+/// let replicas sharing it agree on who does a piece of upstream work.
+///
+/// Keys are plain strings chosen by the caller (namespaced: `r:` answers, `t:` tokens, `i:`
+/// installation look-ups); values are opaque frames (see [`frame`]).
+pub trait Store: Send + Sync + 'static {
+    /// The value under `key`, if present and not expired.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<bytes::Bytes>, StoreError>>;
+
+    /// Stores `value` under `key`, to be forgotten after `ttl`.
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Forgets `key`.
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Runs pending housekeeping (evictions, size accounting) so that the sizes below are
-    /// current; called before metrics are rendered and every few seconds.
+    /// Takes the lock `key` for at most `ttl`: `Some(fence)` when taken, `None` when someone
+    /// else holds it. Backends no other process can see grant every lock (inside one process
+    /// the coalescer already ensures one worker per key).
+    fn try_lock<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
+
+    /// Releases a lock taken with `fence` (a lock that expired and was taken by another
+    /// holder is left alone).
+    fn unlock<'a>(&'a self, key: &'a str, fence: u64) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Whether other processes see the same data (replicas sharing Redis).
+    fn is_shared(&self) -> bool;
+
+    /// Whether the store works right now.
+    fn health(&self) -> Health;
+
+    /// Runs pending housekeeping so that the sizes below are current.
     fn maintain(&self) -> BoxFuture<'_, ()>;
 
-    /// Bytes held now (approximate, as weighed by the backend).
+    /// Bytes held now (approximate), when the backend knows.
     fn size_bytes(&self) -> u64;
 
-    /// Entries held now.
+    /// Entries held now (approximate), when the backend knows.
     fn entry_count(&self) -> u64;
 
-    /// The configured upper bound in bytes.
-    fn max_bytes(&self) -> u64;
-
-    /// A human description of where the data lives, for logs and the status page.
+    /// A description of where the data lives, for logs and the status page.
     fn location(&self) -> String;
 }
 
-/// Builds the configured backend.
-pub fn from_settings(store: &StoreSettings, max_bytes: u64) -> Arc<dyn Store> {
-    match store.backend {
-        StoreBackend::Memory => Arc::new(MemoryStore::new(max_bytes)),
-    }
+/// The state backends of a gateway: the response cache (hot tier + backend) and, for other
+/// kinds of state, the backend itself.
+pub struct Stores {
+    /// Cached answers.
+    pub responses: ResponseCache,
+    /// The backend (`None` with the memory backend).
+    pub backend: Option<Arc<dyn Store>>,
+}
+
+/// Opens the configured backend. A disk store that cannot be opened is an error naming
+/// `store.data_dir`; Redis is connected lazily (a Redis that is down at start-up means a
+/// degraded start, not a failed one).
+pub fn from_settings(settings: &Settings, metrics: Arc<Metrics>) -> Result<Stores, String> {
+    let store = &settings.store;
+    let (backend, hot_bytes): (Option<Arc<dyn Store>>, u64) = match store.backend {
+        StoreBackend::Memory => (None, settings.cache.max_bytes),
+        StoreBackend::Disk => {
+            let dir = store.data_dir.join("cache");
+            let disk =
+                DiskStore::open(&dir, settings.cache.max_bytes, Arc::clone(&metrics)).map_err(|e| {
+                    format!("store.data_dir: cannot open the disk store in {}: {e}", dir.display())
+                })?;
+            (Some(Arc::new(disk)), store.hot_max_bytes.min(settings.cache.max_bytes))
+        }
+        StoreBackend::Redis => {
+            let redis = RedisStore::connect(store, Arc::clone(&metrics))
+                .map_err(|e| format!("store.redis_url: {e}"))?;
+            (Some(Arc::new(redis)), store.hot_max_bytes)
+        }
+    };
+    Ok(Stores { responses: ResponseCache::new(hot_bytes, backend.clone(), metrics), backend })
+}
+
+/// Runs `work` on one replica at a time for `lock_key`, so replicas sharing a store make one
+/// upstream request for one key. Others poll `check` (every 25 ms) for the result the worker
+/// stores, take over if the lock is released without one, and go alone after `wait`.
+///
+/// Without a shared store (memory, disk) `work` simply runs: inside one process the
+/// coalescer already lets one request do the work. Store failures also mean "go alone".
+pub async fn once_across_replicas<T, C, W>(
+    backend: Option<&Arc<dyn Store>>,
+    lock_key: &str,
+    hold: Duration,
+    wait: Duration,
+    metrics: &Metrics,
+    check: C,
+    work: W,
+) -> T
+where
+    C: Fn() -> BoxFuture<'static, Option<T>>,
+    W: FnOnce() -> BoxFuture<'static, T>,
+{
+    let Some(backend) = backend.filter(|b| b.is_shared()) else { return work().await };
+    let fence = match backend.try_lock(lock_key, hold).await {
+        Ok(Some(fence)) => fence,
+        Err(_) => return work().await,
+        Ok(None) => {
+            metrics.lock_waits.increment(1);
+            let deadline = std::time::Instant::now() + wait;
+            let mut polls = 0u32;
+            loop {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                if let Some(found) = check().await {
+                    return found;
+                }
+                polls += 1;
+                if polls % 4 == 0 {
+                    match backend.try_lock(lock_key, hold).await {
+                        Ok(Some(fence)) => break fence,
+                        Ok(None) => {}
+                        Err(_) => return work().await,
+                    }
+                }
+                if std::time::Instant::now() >= deadline {
+                    metrics.lock_timeouts.increment(1);
+                    return work().await;
+                }
+            }
+        }
+    };
+    let result = work().await;
+    let _ = backend.unlock(lock_key, fence).await;
+    result
 }

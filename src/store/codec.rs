@@ -1,0 +1,197 @@
+//! How values look on disk and in Redis: a frame — magic, expiry, CRC-32 — around a postcard
+//! payload. The checksum is why a torn or corrupted entry is dropped instead of served.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{CachedResponse, Freshness};
+
+const MAGIC: [u8; 4] = *b"GGv1";
+const HEADER_LEN: usize = 4 + 8 + 4;
+
+/// Why a stored value could not be read back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// Too short, wrong magic or a checksum mismatch: the bytes are not what was written.
+    #[error("corrupted or truncated value")]
+    Corrupt,
+    /// The checksum matched but the payload did not decode (a format change).
+    #[error("undecodable value: {0}")]
+    Undecodable(String),
+}
+
+/// Wraps `payload` in a frame carrying its expiry and checksum.
+pub fn frame(payload: &[u8], expires_at: SystemTime) -> Bytes {
+    let expires = expires_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&expires.to_be_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&expires.to_be_bytes());
+    crc.update(payload);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// Checks a frame and returns its expiry and payload.
+pub fn unframe(bytes: &[u8]) -> Result<(SystemTime, &[u8]), CodecError> {
+    if bytes.len() < HEADER_LEN || bytes[..4] != MAGIC {
+        return Err(CodecError::Corrupt);
+    }
+    let expires: [u8; 8] = bytes[4..12].try_into().map_err(|_| CodecError::Corrupt)?;
+    let stored_crc = u32::from_be_bytes(bytes[12..16].try_into().map_err(|_| CodecError::Corrupt)?);
+    let payload = &bytes[HEADER_LEN..];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&expires);
+    crc.update(payload);
+    if crc.finalize() != stored_crc {
+        return Err(CodecError::Corrupt);
+    }
+    let expires_at = UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(expires));
+    Ok((expires_at, payload))
+}
+
+/// The expiry written in a frame, without checking the payload (for warm starts).
+pub fn frame_expiry(bytes: &[u8]) -> Option<SystemTime> {
+    if bytes.len() < HEADER_LEN || bytes[..4] != MAGIC {
+        return None;
+    }
+    let expires = u64::from_be_bytes(bytes[4..12].try_into().ok()?);
+    Some(UNIX_EPOCH + Duration::from_millis(expires))
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredResponse {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    response_time_ms: u64,
+    initial_age_ms: u64,
+    fresh_for_ms: u64,
+    stale_while_revalidate_ms: u64,
+    stale_if_error_ms: u64,
+    keep_stale_for_ms: u64,
+    vary: Vec<(String, Option<Vec<u8>>)>,
+    path_key: String,
+    credential_tag: Option<u64>,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Encodes a cached answer, framed, expiring when the entry does.
+pub fn encode_response(entry: &CachedResponse) -> Bytes {
+    let stored = StoredResponse {
+        status: entry.status.as_u16(),
+        headers: entry.headers.iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect(),
+        body: entry.body.to_vec(),
+        response_time_ms: ms(entry.response_time.duration_since(UNIX_EPOCH).unwrap_or_default()),
+        initial_age_ms: ms(entry.initial_age),
+        fresh_for_ms: ms(entry.freshness.fresh_for),
+        stale_while_revalidate_ms: ms(entry.freshness.stale_while_revalidate),
+        stale_if_error_ms: ms(entry.freshness.stale_if_error),
+        keep_stale_for_ms: ms(entry.freshness.keep_stale_for),
+        vary: entry
+            .vary
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_ref().map(|v| v.as_bytes().to_vec())))
+            .collect(),
+        path_key: entry.path_key.clone(),
+        credential_tag: entry.credential_tag,
+    };
+    let payload = postcard::to_stdvec(&stored).expect("encoding to memory cannot fail");
+    frame(&payload, entry.expires_at())
+}
+
+/// Decodes what [`encode_response`] wrote; a damaged value is an error, never a wrong answer.
+pub fn decode_response(bytes: &[u8]) -> Result<CachedResponse, CodecError> {
+    let (_, payload) = unframe(bytes)?;
+    let s: StoredResponse =
+        postcard::from_bytes(payload).map_err(|e| CodecError::Undecodable(e.to_string()))?;
+    let bad = |what: &str| CodecError::Undecodable(format!("bad {what}"));
+    let mut headers = HeaderMap::with_capacity(s.headers.len());
+    for (k, v) in s.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad("header name"))?;
+        headers.append(name, HeaderValue::from_bytes(&v).map_err(|_| bad("header value"))?);
+    }
+    let mut vary = Vec::with_capacity(s.vary.len());
+    for (k, v) in s.vary {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad("vary name"))?;
+        let value = v.map(|v| HeaderValue::from_bytes(&v)).transpose().map_err(|_| bad("vary value"))?;
+        vary.push((name, value));
+    }
+    Ok(CachedResponse {
+        status: StatusCode::from_u16(s.status).map_err(|_| bad("status"))?,
+        headers,
+        body: Bytes::from(s.body),
+        response_time: UNIX_EPOCH + Duration::from_millis(s.response_time_ms),
+        initial_age: Duration::from_millis(s.initial_age_ms),
+        freshness: Freshness {
+            fresh_for: Duration::from_millis(s.fresh_for_ms),
+            stale_while_revalidate: Duration::from_millis(s.stale_while_revalidate_ms),
+            stale_if_error: Duration::from_millis(s.stale_if_error_ms),
+            keep_stale_for: Duration::from_millis(s.keep_stale_for_ms),
+        },
+        vary,
+        path_key: s.path_key,
+        credential_tag: s.credential_tag,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> CachedResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert("etag", HeaderValue::from_static("W/\"abc\""));
+        headers.append("vary", HeaderValue::from_static("Accept, Authorization"));
+        CachedResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"{\"id\":1}"),
+            response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            initial_age: Duration::from_secs(3),
+            freshness: Freshness {
+                fresh_for: Duration::from_secs(60),
+                stale_while_revalidate: Duration::from_secs(1),
+                stale_if_error: Duration::from_secs(300),
+                keep_stale_for: Duration::from_secs(86400),
+            },
+            vary: vec![(HeaderName::from_static("cookie"), None)],
+            path_key: "/repos/o/r".into(),
+            credential_tag: Some(42),
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let e = entry();
+        let back = decode_response(&encode_response(&e)).unwrap();
+        assert_eq!(back.status, e.status);
+        assert_eq!(back.headers, e.headers);
+        assert_eq!(back.body, e.body);
+        assert_eq!(back.response_time, e.response_time);
+        assert_eq!(back.freshness, e.freshness);
+        assert_eq!(back.vary, e.vary);
+        assert_eq!(back.credential_tag, Some(42));
+    }
+
+    #[test]
+    fn any_flipped_bit_or_truncation_is_detected() {
+        let bytes = encode_response(&entry()).to_vec();
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x10;
+            assert!(decode_response(&damaged).is_err(), "flip at byte {i} went unnoticed");
+        }
+        for len in 0..bytes.len() {
+            assert!(decode_response(&bytes[..len]).is_err(), "truncation to {len} went unnoticed");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The Redis backend, for replicas that share state. One multiplexed connection (redis-rs's
+//! connection manager, which reconnects by itself), every command bounded by
+//! `store.redis_timeout`, every key under `store.redis_prefix` with a TTL.
+//!
+//! Cluster-compatible by construction: every command touches one key (no multi-key commands,
+//! no `KEYS`), so keys may live on any shard.
+//!
+//! An outage is not an error for clients: commands fail fast, the caller treats the failure as
+//! a miss, the health turns `Degraded`, `ghgate_store_errors_total` counts, and a warning is
+//! logged at most every 10 s. When Redis answers again, the next command succeeds and health
+//! returns to `Ok` — no restart needed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::{info, warn};
+
+use super::{Health, Store, StoreError};
+use crate::config::StoreSettings;
+use crate::telemetry::Metrics;
+
+/// Deletes a lock only if it still holds our fence (another holder's lock is left alone).
+const UNLOCK: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// The Redis backend.
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    url_for_logs: String,
+    healthy: AtomicBool,
+    last_warning: Mutex<Option<Instant>>,
+    unlock: redis::Script,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisStore {
+    /// Prepares the connection (made lazily, so a Redis that is down at start-up gives a
+    /// degraded start rather than a failed one).
+    pub fn connect(settings: &StoreSettings, metrics: Arc<Metrics>) -> Result<RedisStore, String> {
+        let url = settings.redis_url.as_deref().ok_or("is required when store.backend = \"redis\"")?;
+        let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL ({e})"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.redis_timeout))
+            .set_response_timeout(Some(settings.redis_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        Ok(RedisStore {
+            connection,
+            prefix: settings.redis_prefix.clone(),
+            timeout: settings.redis_timeout,
+            url_for_logs: redact_url(url),
+            healthy: AtomicBool::new(true),
+            last_warning: Mutex::new(None),
+            unlock: redis::Script::new(UNLOCK),
+            metrics,
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Runs one command with the timeout, recording health.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection.clone();
+        let result = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut connection)).await;
+        self.settle(result)
+    }
+
+    fn settle<T>(
+        &self,
+        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        let error = match result {
+            Ok(Ok(value)) => {
+                if !self.healthy.swap(true, Ordering::Relaxed) {
+                    info!(redis = %self.url_for_logs, "Redis answers again; sharing state");
+                }
+                return Ok(value);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        self.healthy.store(false, Ordering::Relaxed);
+        self.metrics.store_errors.increment(1);
+        let mut last = self.last_warning.lock().expect("warning clock poisoned");
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            warn!(redis = %self.url_for_logs, %error, "Redis is failing; serving without shared state");
+        }
+        Err(StoreError(error))
+    }
+}
+
+/// `redis://user:password@host` → `redis://host`: credentials never reach a log.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        }
+        Err(_) => "<redis url>".into(),
+    }
+}
+
+impl Store for RedisStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        async move {
+            let value: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(self.key(key)).to_owned()).await?;
+            Ok(value.map(Bytes::from))
+        }
+        .boxed()
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let millis = ttl.as_millis().max(1) as u64;
+            let cmd =
+                redis::cmd("SET").arg(self.key(key)).arg(value.as_ref()).arg("PX").arg(millis).to_owned();
+            self.run::<()>(cmd).await
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move { self.run::<()>(redis::cmd("DEL").arg(self.key(key)).to_owned()).await }.boxed()
+    }
+
+    fn try_lock<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        async move {
+            let fence: u64 = rand::random();
+            let millis = ttl.as_millis().max(1) as u64;
+            let cmd = redis::cmd("SET")
+                .arg(self.key(key))
+                .arg(fence.to_string())
+                .arg("NX")
+                .arg("PX")
+                .arg(millis)
+                .to_owned();
+            let taken: Option<String> = self.run(cmd).await?;
+            Ok(taken.map(|_| fence))
+        }
+        .boxed()
+    }
+
+    fn unlock<'a>(&'a self, key: &'a str, fence: u64) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut connection = self.connection.clone();
+            let mut invocation = self.unlock.key(self.key(key));
+            invocation.arg(fence.to_string());
+            let result =
+                tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut connection)).await;
+            self.settle(result).map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn health(&self) -> Health {
+        if self.healthy.load(Ordering::Relaxed) {
+            Health::Ok
+        } else {
+            Health::Degraded(format!(
+                "Redis at {} is failing; serving without shared state",
+                self.url_for_logs
+            ))
+        }
+    }
+
+    fn maintain(&self) -> BoxFuture<'_, ()> {
+        async move {
+            // A cheap probe, so health recovers even when no request touches the store.
+            let _ = self.run::<String>(redis::cmd("PING").to_owned()).await;
+        }
+        .boxed()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        0
+    }
+
+    fn entry_count(&self) -> u64 {
+        0
+    }
+
+    fn location(&self) -> String {
+        format!("redis {} (prefix {:?})", self.url_for_logs, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_removed_from_urls_for_logs() {
+        assert_eq!(redact_url("redis://user:hunter2@cache:6379/0"), "redis://cache:6379/0");
+        assert!(!redact_url("rediss://:hunter2@cache").contains("hunter2"));
+    }
+}

@@ -1,0 +1,174 @@
+//! The response cache: an in-memory hot tier of decoded answers (so a hit costs a map look-up,
+//! not a disk read or a Redis round trip) in front of the configured backend.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use super::{Health, Store, StoreError, codec};
+use crate::cache::CachedResponse;
+use crate::telemetry::Metrics;
+
+#[derive(Clone)]
+struct Hot {
+    entry: Arc<CachedResponse>,
+    ttl: Duration,
+}
+
+struct ByTtl;
+
+impl moka::Expiry<String, Hot> for ByTtl {
+    fn expire_after_create(&self, _: &String, value: &Hot, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Hot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// Cached answers: hot tier plus optional backend.
+pub struct ResponseCache {
+    hot: moka::future::Cache<String, Hot>,
+    hot_max_bytes: u64,
+    backend: Option<Arc<dyn Store>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ResponseCache {
+    /// A cache whose hot tier holds about `hot_max_bytes`, in front of `backend`.
+    pub fn new(hot_max_bytes: u64, backend: Option<Arc<dyn Store>>, metrics: Arc<Metrics>) -> Self {
+        let hot = moka::future::Cache::builder()
+            .max_capacity(hot_max_bytes)
+            .weigher(|key: &String, value: &Hot| {
+                u32::try_from(key.len() + value.entry.weight()).unwrap_or(u32::MAX)
+            })
+            .expire_after(ByTtl)
+            .build();
+        Self { hot, hot_max_bytes, backend, metrics }
+    }
+
+    /// The backend key of a cache key: hashed, so keys have one short length and carry no
+    /// path or partition in clear.
+    pub fn backend_key(key: &str) -> String {
+        format!("r:{}", hex::encode(&Sha256::digest(key.as_bytes())[..16]))
+    }
+
+    /// The entry under `key`: from the hot tier, else from the backend (then kept hot).
+    pub async fn get(&self, key: &str) -> Result<Option<Arc<CachedResponse>>, StoreError> {
+        if let Some(hot) = self.hot.get(key).await {
+            return Ok(Some(hot.entry));
+        }
+        self.get_from_backend(key).await
+    }
+
+    /// The entry under `key` as the backend has it now, bypassing the hot tier (replicas use
+    /// this to pick up what another replica fetched).
+    pub async fn get_from_backend(&self, key: &str) -> Result<Option<Arc<CachedResponse>>, StoreError> {
+        let Some(backend) = &self.backend else { return Ok(None) };
+        let backend_key = Self::backend_key(key);
+        let Some(bytes) = backend.get(&backend_key).await? else { return Ok(None) };
+        match codec::decode_response(&bytes) {
+            Ok(entry) => {
+                let ttl = entry.time_to_keep(SystemTime::now());
+                if ttl.is_zero() {
+                    return Ok(None);
+                }
+                let entry = Arc::new(entry);
+                self.hot.insert(key.to_string(), Hot { entry: Arc::clone(&entry), ttl }).await;
+                Ok(Some(entry))
+            }
+            Err(e) => {
+                self.metrics.store_corrupt.increment(1);
+                warn!(error = %e, "dropped an unreadable cache entry");
+                let _ = backend.remove(&backend_key).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores `entry` hot and in the backend. A backend failure is returned after the hot tier
+    /// has the entry, so the answer is still cached locally.
+    pub async fn put(
+        &self,
+        key: String,
+        entry: Arc<CachedResponse>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let encoded = self.backend.as_ref().map(|_| codec::encode_response(&entry));
+        let backend_key = Self::backend_key(&key);
+        self.hot.insert(key, Hot { entry, ttl }).await;
+        match (&self.backend, encoded) {
+            (Some(backend), Some(bytes)) => backend.put(&backend_key, bytes, ttl).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets `key` in both tiers.
+    pub async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.hot.invalidate(key).await;
+        match &self.backend {
+            Some(backend) => backend.remove(&Self::backend_key(key)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The backend, if there is one.
+    pub fn backend(&self) -> Option<&Arc<dyn Store>> {
+        self.backend.as_ref()
+    }
+
+    /// Runs pending housekeeping in both tiers.
+    pub async fn maintain(&self) {
+        self.hot.run_pending_tasks().await;
+        if let Some(backend) = &self.backend {
+            backend.maintain().await;
+        }
+    }
+
+    /// Bytes held: by the backend when it counts them, else by the hot tier.
+    pub fn size_bytes(&self) -> u64 {
+        match &self.backend {
+            Some(b) if b.size_bytes() > 0 || b.entry_count() > 0 => b.size_bytes(),
+            _ => self.hot.weighted_size(),
+        }
+    }
+
+    /// Entries held, counted like [`ResponseCache::size_bytes`].
+    pub fn entry_count(&self) -> u64 {
+        match &self.backend {
+            Some(b) if b.size_bytes() > 0 || b.entry_count() > 0 => b.entry_count(),
+            _ => self.hot.entry_count(),
+        }
+    }
+
+    /// Bytes held by the hot tier.
+    pub fn hot_bytes(&self) -> u64 {
+        self.hot.weighted_size()
+    }
+
+    /// The hot tier's bound.
+    pub fn hot_max_bytes(&self) -> u64 {
+        self.hot_max_bytes
+    }
+
+    /// The backend's health (the memory backend is always healthy).
+    pub fn health(&self) -> Health {
+        self.backend.as_ref().map_or(Health::Ok, |b| b.health())
+    }
+
+    /// Where answers live.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Some(b) => format!("{} with a {} byte memory tier", b.location(), self.hot_max_bytes),
+            None => format!("memory (max {} bytes)", self.hot_max_bytes),
+        }
+    }
+}
