@@ -61,7 +61,28 @@ impl DiskStore {
     /// index from what is on disk, dropping expired entries.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<DiskStore, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let db = Database::builder(dir).open().map_err(|e| e.to_string())?;
+        let db = match Database::builder(dir).open() {
+            Ok(db) => db,
+            Err(first) => {
+                // A cache is disposable: a store that cannot be recovered (a damaged journal
+                // after a crash or a bad disk) is moved aside and started afresh, rather than
+                // keeping the gateway down. Only the latest damaged copy is kept.
+                let aside = dir.with_extension("damaged");
+                let _ = std::fs::remove_dir_all(&aside);
+                std::fs::rename(dir, &aside).map_err(|e| format!("{first}; moving it aside failed: {e}"))?;
+                metrics.store_corrupt.increment(1);
+                warn!(
+                    dir = %dir.display(),
+                    moved_to = %aside.display(),
+                    error = %first,
+                    "the disk store could not be recovered; starting with an empty one"
+                );
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                Database::builder(dir)
+                    .open()
+                    .map_err(|e| format!("{first}; a fresh store failed too: {e}"))?
+            }
+        };
         let data = db
             .keyspace("cache", || {
                 KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
@@ -146,7 +167,14 @@ impl Store for DiskStore {
                     self.index.invalidate(key);
                     return Ok(None);
                 }
-                Err(e) => return Err(self.failed("read", e.to_string())),
+                Err(e) => {
+                    // A checksum or read error for this key: drop it and answer a miss.
+                    self.metrics.store_corrupt.increment(1);
+                    self.warn_limited("dropped an unreadable disk entry", &e.to_string());
+                    self.index.invalidate(key);
+                    let _ = self.data.remove(key.as_bytes());
+                    return Ok(None);
+                }
             };
             if codec::unframe(&value).is_err() {
                 self.metrics.store_corrupt.increment(1);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
+pub mod redis_server;
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use ghgate::config::Settings;
 use ghgate::server::Running;
 
 pub use fake_github::{FakeGitHub, Resource};
+pub use redis_server::RedisServer;
 
 /// A gateway started for one test, with a client pointed at it.
 pub struct TestGateway {
@@ -38,7 +40,15 @@ pub fn test_settings(upstream: &str, data_dir: &std::path::Path) -> Settings {
 
 /// Starts a gateway in front of `upstream`, after `tweak` adjusts the settings.
 pub async fn start_gateway(upstream: &str, tweak: impl FnOnce(&mut Settings)) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
+    start_gateway_in(tempfile::tempdir().unwrap(), upstream, tweak).await
+}
+
+/// Like [`start_gateway`], with a data directory the caller chose (to restart on it).
+pub async fn start_gateway_in(
+    dir: tempfile::TempDir,
+    upstream: &str,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestGateway {
     let mut settings = test_settings(upstream, dir.path());
     tweak(&mut settings);
     settings.validate().expect("test settings are valid");
@@ -58,6 +68,12 @@ pub fn client() -> reqwest::Client {
 }
 
 impl TestGateway {
+    /// Stops the gateway and hands back its data directory.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.running.shutdown().await;
+        self._data_dir
+    }
+
     /// GET `path` with an optional token.
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut r = self.client.get(format!("{}{path}", self.url));
