@@ -10,7 +10,10 @@ use std::time::Duration;
 use ghgate::config::Settings;
 use ghgate::server::Running;
 
+// Each test binary uses a different part of the harness.
+#[allow(unused_imports)]
 pub use fake_github::{FakeGitHub, Resource};
+#[allow(unused_imports)]
 pub use redis_server::RedisServer;
 
 /// A gateway started for one test, with a client pointed at it.
