@@ -27,6 +27,11 @@ pub enum Command {
     CheckConfig(ConfigArgs),
     /// Print a new broker client key and the `key_sha256` to put in `[[clients]]`.
     GenClientKey,
+    /// Exit 0 when URL answers 2xx within 2 s (a health check for images without curl).
+    Probe {
+        /// For example http://127.0.0.1:9090/readyz
+        url: Url,
+    },
 }
 
 /// Where settings come from.
@@ -57,6 +62,7 @@ pub struct ServeArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Probe { url } => probe(url),
         Command::GenClientKey => {
             let (key, hash) = crate::app_auth::generate_client_key();
             println!("client key (give it to the client; it is not stored): {key}");
@@ -115,4 +121,35 @@ pub fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn probe(url: Url) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let client =
+            match reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(2)).build() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        match client.get(url.clone()).send().await {
+            Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+            Ok(r) => {
+                eprintln!("{url} answered {}", r.status());
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("{url}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -136,6 +136,14 @@ async fn serve_runs_with_flags_alone_stops_on_sigterm_and_never_logs_credentials
     assert_eq!(support::metric_value(&metrics, "ghgate_requests_total{outcome=\"hit\"}"), 1.0, "{metrics}");
     let ready = client.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    let probe =
+        Command::new(BIN).args(["probe", &format!("http://127.0.0.1:{admin_port}/readyz")]).status().unwrap();
+    assert!(probe.success(), "the container health check passes");
+    let probe = Command::new(BIN)
+        .args(["probe", &format!("http://127.0.0.1:{admin_port}/nothing-here")])
+        .status()
+        .unwrap();
+    assert!(!probe.success());
 
     // The embedded default keeps its secret in ./ghgate-data, readable by the owner only.
     let secret_file = dir.path().join("ghgate-data/secret");
