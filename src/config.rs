@@ -33,10 +33,119 @@ pub struct Settings {
     pub log: LogSettings,
     /// How the GitHub App broker mints and shares installation tokens.
     pub broker: BrokerSettings,
+    /// Futile-request protection: answers remembered so they are not bought twice.
+    pub negative: NegativeSettings,
     /// GitHub Apps whose installation tokens the gateway mints (`[[apps]]`).
     pub apps: Vec<AppSettings>,
     /// Gateway clients that use those apps through a client key (`[[clients]]`).
     pub clients: Vec<ClientSettings>,
+}
+
+/// `[negative]`: the negative cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NegativeSettings {
+    /// Off turns every rule off.
+    pub enabled: bool,
+    /// The built-in rule for GitHub's 1000-statuses-per-SHA-and-context limit.
+    pub statuses_limit: StatusesLimitSettings,
+    /// The built-in rule for GET answers 404 and 410.
+    pub not_found: NotFoundSettings,
+    /// Operator rules (`[[negative.rules]]`), checked after the built-in ones.
+    pub rules: Vec<NegativeRuleSettings>,
+}
+
+impl Default for NegativeSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            statuses_limit: StatusesLimitSettings::default(),
+            not_found: NotFoundSettings::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// `[negative.statuses_limit]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusesLimitSettings {
+    /// Whether the rule is on.
+    pub enabled: bool,
+    /// How long a SHA and context are remembered as full.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// What later posts get: the recorded 422 (`replay`) or a `success` answer for clients
+    /// that treat the limit as done.
+    pub answer: NegativeAnswer,
+}
+
+impl Default for StatusesLimitSettings {
+    fn default() -> Self {
+        Self { enabled: true, ttl: Duration::from_secs(24 * 3600), answer: NegativeAnswer::Replay }
+    }
+}
+
+/// How a remembered answer is given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NegativeAnswer {
+    /// Exactly the recorded answer.
+    Replay,
+    /// A `201 Created` with a body saying the request was not sent.
+    Success,
+}
+
+/// `[negative.not_found]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotFoundSettings {
+    /// Whether the rule is on.
+    pub enabled: bool,
+    /// How long a 404 / 410 is remembered, per credential partition.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for NotFoundSettings {
+    fn default() -> Self {
+        Self { enabled: true, ttl: Duration::from_secs(30) }
+    }
+}
+
+/// `[[negative.rules]]`: an operator rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NegativeRuleSettings {
+    /// A name for metrics and clearing: lower-case letters, digits, `-` and `_`.
+    #[serde(deserialize_with = "de_string")]
+    pub name: String,
+    /// Whether the rule is on.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The request method, e.g. `POST`.
+    #[serde(deserialize_with = "de_string")]
+    pub method: String,
+    /// The path pattern, e.g. `/repos/{owner}/{repo}/hooks/{id}/tests`.
+    pub path: PathPattern,
+    /// The answer statuses that are remembered.
+    pub status: Vec<u16>,
+    /// A phrase the answer body must contain (case-insensitive), if any.
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub phrase: Option<String>,
+    /// What identifies one remembered answer: path parameters (`owner`) and JSON body fields
+    /// (`body.context`, with an optional default: `body.context=default`).
+    pub key: Vec<String>,
+    /// How long an answer is remembered.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// Remember per credential partition (true) or for everyone (false).
+    #[serde(default)]
+    pub per_credential: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[broker]`: installation-token policy.
@@ -509,6 +618,16 @@ impl Settings {
             }
         }
         self.validate_broker(&mut bad);
+        for (i, rule) in self.negative.rules.iter().enumerate() {
+            if let Err(e) = crate::negative::Rule::from_settings(rule) {
+                bad(&format!("negative.rules[{i}]"), e);
+            }
+            if ["statuses_limit", "not_found", "app_not_installed"].contains(&rule.name.as_str())
+                || self.negative.rules[..i].iter().any(|r| r.name == rule.name)
+            {
+                bad(&format!("negative.rules[{i}].name"), format!("{:?} is already taken", rule.name));
+            }
+        }
         if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
     }
 

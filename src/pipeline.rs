@@ -30,6 +30,7 @@ use crate::coalesce::{Coalescer, Role};
 use crate::config::Settings;
 use crate::github::{self, RateLimit};
 use crate::identity::{Partition, Partitioner};
+use crate::negative::{Candidate, NegativeCache, Verdict};
 use crate::rewrite;
 use crate::store::{self, ResponseCache, Stores};
 use crate::telemetry::Metrics;
@@ -37,6 +38,9 @@ use crate::upstream::{self, Upstream, UpstreamError};
 
 /// The header that tells clients how their answer came about.
 pub const CACHE_STATUS_HEADER: HeaderName = HeaderName::from_static("x-ghgate-cache");
+
+/// Request and answer bodies up to this size are read whole when a negative rule needs them.
+const NEGATIVE_BODY_MAX: u64 = 64 * 1024;
 
 /// Request headers whose values, when `Vary` names them, also separate concurrent fetches.
 const VARY_SELECTORS: [HeaderName; 3] = [
@@ -56,6 +60,7 @@ pub struct Gateway {
     public_url: Option<String>,
     fills: Coalescer<String, Fill>,
     broker: Broker,
+    negative: NegativeCache,
     /// Latest rate-limit headers seen per (partition, resource), put on cached answers.
     rate_limits: moka::sync::Cache<(Partition, String), RateLimit>,
     /// When an unsafe request last changed a path; entries older than that are stale.
@@ -144,6 +149,8 @@ struct FillRequest {
     path: String,
     headers: HeaderMap,
     prior: Option<Arc<CachedResponse>>,
+    /// The negative-cache entry a 404/410 answer would be remembered under.
+    negative: Option<Candidate>,
 }
 
 impl Gateway {
@@ -158,6 +165,7 @@ impl Gateway {
         let sealer = store::Sealer::new(secret);
         let broker =
             Broker::new(&settings, upstream.clone(), stores.backend.clone(), sealer, Arc::clone(&metrics))?;
+        let negative = NegativeCache::new(&settings.negative, Arc::clone(&stores.state), &metrics)?;
         let upstream_base = rewrite::base_of(&settings.upstream.url);
         let public_url =
             settings.server.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());
@@ -170,6 +178,7 @@ impl Gateway {
             public_url,
             fills: Coalescer::default(),
             broker,
+            negative,
             rate_limits: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(2 * 3600))
@@ -192,6 +201,11 @@ impl Gateway {
     /// The settings in force.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The negative cache.
+    pub fn negative(&self) -> &NegativeCache {
+        &self.negative
     }
 
     /// The GitHub App broker.
@@ -232,7 +246,7 @@ impl Gateway {
         let (response, outcome) = if self.is_cacheable(&parts) {
             self.serve_cached(&parts, &caller).await
         } else {
-            (self.pass_through(&parts, body, &caller).await, Outcome::Bypass)
+            self.pass_through(&parts, body, &caller).await
         };
         self.finish(response, outcome, public_base.as_deref(), started, &parts, Some(&caller.partition))
     }
@@ -331,7 +345,20 @@ impl Gateway {
 
         let client_conditional =
             parts.headers.contains_key(IF_NONE_MATCH) || parts.headers.contains_key(IF_MODIFIED_SINCE);
-        let request = self.fill_request(key, caller, parts, entry);
+        // Known not to exist (for this credential, a moment ago)? Then do not ask again.
+        let negative = match &entry {
+            Some(_) => None,
+            None => self.negative.rule_for(&Method::GET, parts.uri.path(), true).and_then(|rule| {
+                self.negative.candidate(rule, parts.uri.path(), None, partition.as_str(), &key.key)
+            }),
+        };
+        if let Some(candidate) = &negative {
+            if let Some(remembered) = self.negative.lookup(candidate).await {
+                return (self.negative_response(candidate, &remembered, partition, head), Outcome::Negative);
+            }
+        }
+        let mut request = self.fill_request(key, caller, parts, entry);
+        request.negative = negative;
         let (fill, role) = if request.prior.is_none() && client_conditional {
             // The client's own validators go upstream as they are: a 304 is free for it too,
             // but has no body to share, so this fetch is not coalesced.
@@ -365,7 +392,7 @@ impl Gateway {
                         (streamed_response(streamed, head), Outcome::Miss)
                     }
                     // A follower cannot share a stream: it fetches for itself.
-                    _ => (self.pass_through(parts, Body::empty(), caller).await, Outcome::Miss),
+                    _ => (self.pass_through(parts, Body::empty(), caller).await.0, Outcome::Miss),
                 }
             }
             Fill::Failed(error) => (send_error_response(&error), Outcome::Miss),
@@ -393,6 +420,7 @@ impl Gateway {
             path: parts.uri.path().to_string(),
             headers,
             prior,
+            negative: None,
         }
     }
 
@@ -434,7 +462,7 @@ impl Gateway {
     /// Fetches from upstream (conditionally when there is a prior entry) and stores what may
     /// be stored. Runs in its own task; its result is shared by coalesced callers.
     async fn fill_from_upstream(self: Arc<Self>, request: FillRequest) -> Fill {
-        let FillRequest { key, caller, path_and_query, path, mut headers, prior } = request;
+        let FillRequest { key, caller, path_and_query, path, mut headers, prior, negative } = request;
         let partition = &caller.partition;
         if let Some(prior) = &prior {
             if let Some(etag) = prior.etag() {
@@ -556,6 +584,11 @@ impl Gateway {
             }
         }
         let body = concat(chunks);
+        if let Some(candidate) = &negative {
+            if matches!(status.as_u16(), 404 | 410) {
+                self.negative.consider(candidate, status, &response_headers, &body).await;
+            }
+        }
         let entry = self
             .store_entry(
                 &key,
@@ -628,14 +661,103 @@ impl Gateway {
         Some(entry)
     }
 
+    /// A remembered futile answer, with the latest rate-limit values.
+    fn negative_response(
+        &self,
+        candidate: &Candidate,
+        remembered: &crate::negative::Remembered,
+        partition: &Partition,
+        head: bool,
+    ) -> Response {
+        let (status, mut headers, body) = self.negative.answer(candidate, remembered);
+        if let Some(limit) = self.rate_limits.get(&(partition.clone(), "core".to_string())) {
+            limit.apply(&mut headers);
+        }
+        build_response(status, headers, if head { Body::empty() } else { Body::from(body) })
+    }
+
     /// Phase 4 for everything that is not a cacheable read: forwarded as it is, bodies
-    /// streamed both ways.
-    async fn pass_through(&self, parts: &Parts, body: Body, caller: &Caller) -> Response {
+    /// streamed both ways — unless a negative rule knows the answer already.
+    async fn pass_through(&self, parts: &Parts, body: Body, caller: &Caller) -> (Response, Outcome) {
         let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let url = match self.upstream.url_for(path_and_query) {
             Ok(url) => url,
-            Err(e) => return github::error_response(StatusCode::BAD_REQUEST, &e),
+            Err(e) => return (github::error_response(StatusCode::BAD_REQUEST, &e), Outcome::Bypass),
         };
+        let rule = self.negative.rule_for(&parts.method, parts.uri.path(), false);
+        let mut body = Some(body);
+        let mut buffered: Option<Bytes> = None;
+        if let Some(rule) = rule {
+            if self.negative.needs_body(rule)
+                && declared_length(&parts.headers).is_some_and(|len| len <= NEGATIVE_BODY_MAX)
+            {
+                match axum::body::to_bytes(body.take().expect("body present"), NEGATIVE_BODY_MAX as usize)
+                    .await
+                {
+                    Ok(bytes) => buffered = Some(bytes),
+                    Err(e) => {
+                        let message = format!("could not read the request body: {e}");
+                        return (github::error_response(StatusCode::BAD_REQUEST, &message), Outcome::Bypass);
+                    }
+                }
+            }
+        }
+        let candidate = rule.and_then(|rule| {
+            if self.negative.needs_body(rule) && buffered.is_none() {
+                return None;
+            }
+            self.negative.candidate(
+                rule,
+                parts.uri.path(),
+                buffered.as_deref(),
+                caller.partition.as_str(),
+                "",
+            )
+        });
+        if let Some(candidate) = &candidate {
+            if let Some(remembered) = self.negative.lookup(candidate).await {
+                let head = parts.method == Method::HEAD;
+                return (
+                    self.negative_response(candidate, &remembered, &caller.partition, head),
+                    Outcome::Negative,
+                );
+            }
+        }
+        let response = self.forward(parts, body, buffered, caller, url).await;
+        let Some(candidate) = candidate else { return (response, Outcome::Bypass) };
+        (self.remember_if_futile(&candidate, response).await, Outcome::Bypass)
+    }
+
+    /// Offers a small answer to the negative cache, giving the client the same answer.
+    async fn remember_if_futile(&self, candidate: &Candidate, response: Response) -> Response {
+        let too_large = declared_length(response.headers()).is_none_or(|len| len > NEGATIVE_BODY_MAX);
+        if response.status().is_success() || response.status().is_server_error() || too_large {
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        let bytes = match axum::body::to_bytes(body, NEGATIVE_BODY_MAX as usize).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(error = %e, "upstream body broke off");
+                return github::error_response(StatusCode::BAD_GATEWAY, "ghgate: upstream answer broke off");
+            }
+        };
+        if self.negative.consider(candidate, parts.status, &parts.headers, &bytes).await == Verdict::Canary {
+            self.metrics.negative_canaries.increment(1);
+        }
+        Response::from_parts(parts, Body::from(bytes))
+    }
+
+    /// Sends a request upstream as it is and streams the answer back.
+    async fn forward(
+        &self,
+        parts: &Parts,
+        body: Option<Body>,
+        buffered: Option<Bytes>,
+        caller: &Caller,
+        url: url::Url,
+    ) -> Response {
+        let body = body.unwrap_or_default();
         let headers = upstream::request_headers(&parts.headers);
         let has_body = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
             || parts
@@ -645,6 +767,7 @@ impl Gateway {
                 .is_some_and(|v| v.trim() != "0");
         let body = match (&caller.auth, has_body) {
             (_, false) => SendBody::None,
+            (_, true) if buffered.is_some() => SendBody::Buffered(buffered.expect("checked")),
             // A broker request may need a second try with a fresh token: keep small bodies.
             (UpstreamAuth::App(_), true)
                 if declared_length(&parts.headers)

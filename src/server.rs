@@ -139,6 +139,7 @@ fn admin_router(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/negative", axum::routing::delete(clear_negative))
         .route("/", get(status_page))
         .with_state(gateway)
 }
@@ -190,6 +191,36 @@ async fn status_page(State(gateway): State<Arc<Gateway>>) -> Response {
         gateway.settings().cache.max_bytes,
     );
     text.into_response()
+}
+
+/// Which negative entries to clear: any combination of rule, owner and repository.
+#[derive(Debug, serde::Deserialize)]
+struct ClearNegative {
+    rule: Option<String>,
+    owner: Option<String>,
+    repo: Option<String>,
+}
+
+/// `DELETE /negative?rule=&owner=&repo=`: forgets remembered futile answers (on every replica
+/// when the store is shared).
+async fn clear_negative(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Query(q): axum::extract::Query<ClearNegative>,
+) -> Response {
+    if q.repo.is_some() && q.owner.is_none() {
+        let body = serde_json::json!({ "message": "repo needs owner", "documentation_url": crate::github::DOCUMENTATION_URL });
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    match gateway.negative().clear(q.rule.as_deref(), q.owner.as_deref(), q.repo.as_deref()).await {
+        Ok(removed) => {
+            info!(rule = ?q.rule, owner = ?q.owner, repo = ?q.repo, removed, "cleared negative entries");
+            axum::Json(serde_json::json!({ "removed": removed })).into_response()
+        }
+        Err(e) => {
+            let body = serde_json::json!({ "message": format!("store error: {e}"), "documentation_url": crate::github::DOCUMENTATION_URL });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub store_max_bytes: Gauge,
     /// `ghgate_inflight_fills`
     pub inflight_fills: Gauge,
+    /// `ghgate_negative_canaries_total`: all rules' canaries together, for one alert.
+    pub negative_canaries: Counter,
     /// The GitHub App broker's metrics.
     pub app: AppMetrics,
 }
@@ -109,6 +111,22 @@ impl Metrics {
             r.register_gauge(&Key::from_name(name), &METADATA)
         };
         r.describe_counter("ghgate_requests_total".into(), None, "Proxied requests by cache outcome.".into());
+        r.describe_counter(
+            "ghgate_negative_stored_total".into(),
+            None,
+            "Futile answers remembered, by rule.".into(),
+        );
+        r.describe_counter(
+            "ghgate_negative_hits_total".into(),
+            None,
+            "Requests answered from a remembered futile answer, by rule.".into(),
+        );
+        r.describe_counter(
+            "ghgate_negative_canary_total".into(),
+            None,
+            "Answers that looked futile but lacked the known phrase (GitHub may have reworded it), by rule."
+                .into(),
+        );
         r.describe_histogram(
             "ghgate_request_duration_seconds".into(),
             Some(Unit::Seconds),
@@ -185,12 +203,24 @@ impl Metrics {
                 "ghgate_bad_requests_total",
                 "Requests refused as malformed before reaching upstream.",
             ),
-            store_bytes: gauge("ghgate_store_bytes", Some(Unit::Bytes), "Bytes held by the response store."),
-            store_entries: gauge("ghgate_store_entries", None, "Entries held by the response store."),
+            store_bytes: gauge(
+                "ghgate_store_bytes",
+                Some(Unit::Bytes),
+                "Bytes held by the store: answers, and with disk also tokens, look-ups and negative entries.",
+            ),
+            store_entries: gauge(
+                "ghgate_store_entries",
+                None,
+                "Entries held by the store (counted like ghgate_store_bytes).",
+            ),
             store_max_bytes: gauge(
                 "ghgate_store_max_bytes",
                 Some(Unit::Bytes),
                 "Configured upper bound of the response store.",
+            ),
+            negative_canaries: counter(
+                "ghgate_negative_canaries_total",
+                "Answers that looked futile but lacked GitHub's known phrase (all rules).",
             ),
             inflight_fills: gauge(
                 "ghgate_inflight_fills",
@@ -202,6 +232,12 @@ impl Metrics {
             handle,
         };
         Arc::new(metrics)
+    }
+
+    /// Registers a counter with one label (for sets known at start-up, such as rule names).
+    pub fn labelled_counter(&self, name: &'static str, label: &'static str, value: &str) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, vec![Label::new(label, value.to_string())]), &METADATA)
     }
 
     /// Counts one upstream answer (or failure, `None`).

@@ -212,6 +212,11 @@ impl Store for DiskStore {
         .boxed()
     }
 
+    fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move { Ok(self.index.iter().map(|(k, _)| (*k).clone()).filter(|k| k.starts_with(prefix)).collect()) }
+            .boxed()
+    }
+
     fn try_lock<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         async { Ok(Some(0)) }.boxed()
     }

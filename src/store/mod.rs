@@ -6,6 +6,7 @@
 
 mod codec;
 mod disk;
+mod memory;
 mod redis;
 mod sealed;
 mod tiered;
@@ -17,6 +18,7 @@ use futures::future::BoxFuture;
 
 pub use codec::{CodecError, decode_response, encode_response, frame, unframe};
 pub use disk::DiskStore;
+pub use memory::MemoryStore;
 pub use redis::RedisStore;
 pub use sealed::Sealer;
 pub use tiered::ResponseCache;
@@ -59,6 +61,9 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets `key`.
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Every live key that starts with `prefix` (for clearing; not for the request path).
+    fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
     /// Takes the lock `key` for at most `ttl`: `Some(fence)` when taken, `None` when someone
     /// else holds it. Backends no other process can see grant every lock (inside one process
     /// the coalescer already ensures one worker per key).
@@ -94,6 +99,8 @@ pub struct Stores {
     pub responses: ResponseCache,
     /// The backend (`None` with the memory backend).
     pub backend: Option<Arc<dyn Store>>,
+    /// Where small state (negative entries) lives: the backend, or a bounded memory store.
+    pub state: Arc<dyn Store>,
 }
 
 /// Opens the configured backend. A disk store that cannot be opened is an error naming
@@ -117,7 +124,11 @@ pub fn from_settings(settings: &Settings, metrics: Arc<Metrics>) -> Result<Store
             (Some(Arc::new(redis)), store.hot_max_bytes)
         }
     };
-    Ok(Stores { responses: ResponseCache::new(hot_bytes, backend.clone(), metrics), backend })
+    let state: Arc<dyn Store> = match &backend {
+        Some(b) => Arc::clone(b),
+        None => Arc::new(MemoryStore::new(64 * 1024 * 1024)),
+    };
+    Ok(Stores { responses: ResponseCache::new(hot_bytes, backend.clone(), metrics), backend, state })
 }
 
 /// Runs `work` on one replica at a time for `lock_key`, so replicas sharing a store make one

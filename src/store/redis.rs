@@ -101,6 +101,18 @@ impl RedisStore {
     }
 }
 
+/// Escapes Redis glob characters so a prefix matches literally.
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `redis://user:password@host` → `redis://host`: credentials never reach a log.
 fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -134,6 +146,33 @@ impl Store for RedisStore {
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         async move { self.run::<()>(redis::cmd("DEL").arg(self.key(key)).to_owned()).await }.boxed()
+    }
+
+    fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            // SCAN, never KEYS: it does not block Redis on a large keyspace.
+            let pattern = format!("{}{}*", self.prefix, escape_glob(prefix));
+            let mut cursor: u64 = 0;
+            let mut keys = Vec::new();
+            loop {
+                let cmd = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .to_owned();
+                let (next, batch): (u64, Vec<String>) = self.run(cmd).await?;
+                keys.extend(
+                    batch.into_iter().filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string)),
+                );
+                if next == 0 {
+                    return Ok(keys);
+                }
+                cursor = next;
+            }
+        }
+        .boxed()
     }
 
     fn try_lock<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {

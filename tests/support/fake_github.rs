@@ -88,6 +88,14 @@ struct Inner {
     fail_always: Option<u16>,
     delay: Duration,
     max_age: u64,
+    /// Statuses posted per (owner/repo/sha, context).
+    statuses: HashMap<(String, String), u64>,
+    /// How many statuses one SHA and context may have (GitHub: 1000).
+    statuses_limit: u64,
+    /// The 422 body shape past the limit: "string" (today's), "list" (older) or "reworded".
+    statuses_shape: String,
+    /// Answers to give instead, one per request: (status, body).
+    canned: Vec<(u16, String)>,
     /// Paths that answer with a redirect: (status, target path under the base).
     redirects: HashMap<String, (u16, String)>,
     /// Requests per path.
@@ -178,7 +186,12 @@ impl FakeGitHub {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(FakeState {
-            inner: Mutex::new(Inner { max_age: 60, ..Inner::default() }),
+            inner: Mutex::new(Inner {
+                max_age: 60,
+                statuses_limit: 1000,
+                statuses_shape: "string".into(),
+                ..Inner::default()
+            }),
             requests: AtomicU64::new(0),
             charged: AtomicU64::new(0),
             not_modified: AtomicU64::new(0),
@@ -221,6 +234,19 @@ impl FakeGitHub {
     /// for renamed repositories).
     pub fn redirect(&self, path: &str, status: u16, target: &str) {
         self.state.inner.lock().unwrap().redirects.insert(path.to_string(), (status, target.to_string()));
+    }
+
+    /// How many statuses one SHA and context may have, and the shape of the 422 past it
+    /// (`string`, `list` or `reworded`).
+    pub fn set_statuses_limit(&self, limit: u64, shape: &str) {
+        let mut inner = self.state.inner.lock().unwrap();
+        inner.statuses_limit = limit;
+        inner.statuses_shape = shape.to_string();
+    }
+
+    /// The next request gets this status and body instead of its answer.
+    pub fn answer_next(&self, status: u16, body: &str) {
+        self.state.inner.lock().unwrap().canned.push((status, body.to_string()));
     }
 
     /// Turns on the GitHub App endpoints for one app, verifying its JWTs with `public_pem`.
@@ -395,7 +421,7 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
     let path = full_path.strip_prefix(&state.prefix).unwrap_or(&full_path).to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
     let cred = credential(&parts.headers);
-    let (delay, failure, max_age) = {
+    let (delay, failure, max_age, canned) = {
         let mut inner = state.inner.lock().unwrap();
         *inner.per_path.entry(path.clone()).or_default() += 1;
         let pq = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
@@ -405,10 +431,14 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
         inner.log.push((parts.method.clone(), pq, parts.headers.clone()));
         let failure =
             inner.fail_always.or_else(|| (!inner.failures.is_empty()).then(|| inner.failures.remove(0)));
-        (inner.delay, failure, inner.max_age)
+        let canned = (!inner.canned.is_empty()).then(|| inner.canned.remove(0));
+        (inner.delay, failure, inner.max_age, canned)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if let Some((status, body)) = canned {
+        return respond(&state, &cred, StatusCode::from_u16(status).unwrap(), body, HeaderMap::new(), true);
     }
     if let Some(status) = failure {
         let status = StatusCode::from_u16(status).unwrap();
@@ -430,6 +460,9 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
 
     if parts.method == Method::GET || parts.method == Method::HEAD {
         return get(&state, &parts.headers, &path, &query, &cred, max_age);
+    }
+    if let Some(answer) = post_status(&state, &parts.method, &path, &body, &cred) {
+        return answer;
     }
     // Writes: charged, echo the body, and change the resource at that path if there is one.
     {
@@ -532,6 +565,50 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
         return respond(state, cred, StatusCode::NOT_MODIFIED, String::new(), headers, false);
     }
     respond(state, cred, StatusCode::OK, body, headers, true)
+}
+
+/// `POST /repos/{o}/{r}/statuses/{sha}`: counts statuses per SHA and context and, past the
+/// limit, answers GitHub's 422 (which is charged like any other answer).
+fn post_status(state: &FakeState, method: &Method, path: &str, body: &[u8], cred: &str) -> Option<Response> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["repos", owner, repo, "statuses", sha] = segments.as_slice() else { return None };
+    if method != Method::POST {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let context = json.get("context").and_then(|c| c.as_str()).unwrap_or("default").to_string();
+    let (count, limit, shape) = {
+        let mut inner = state.inner.lock().unwrap();
+        let key = (format!("{owner}/{repo}/{sha}"), context.clone());
+        let count = inner.statuses.entry(key).or_default();
+        *count += 1;
+        let count = *count;
+        (count, inner.statuses_limit, inner.statuses_shape.clone())
+    };
+    if count > limit {
+        let body = match shape.as_str() {
+            "list" => {
+                r#"{"message":"Validation Failed","errors":[{"resource":"Status","code":"custom","message":"This SHA and context has reached the maximum number of statuses."}],"documentation_url":"https://docs.github.com/rest/commits/statuses#create-a-commit-status"}"#
+            }
+            "reworded" => {
+                r#"{"message":"Validation Failed","errors":"Validation failed: this commit cannot take more statuses in this context.","documentation_url":"https://docs.github.com/rest/commits/statuses#create-a-commit-status","status":"422"}"#
+            }
+            _ => {
+                r#"{"message":"Validation Failed","errors":"Validation failed: This SHA and context has reached the maximum number of statuses.","documentation_url":"https://docs.github.com/rest/commits/statuses#create-a-commit-status","status":"422"}"#
+            }
+        };
+        return Some(respond(
+            state,
+            cred,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            body.to_string(),
+            HeaderMap::new(),
+            true,
+        ));
+    }
+    let state_field = json.get("state").and_then(|s| s.as_str()).unwrap_or("pending");
+    let body = format!(r#"{{"id":{count},"state":"{state_field}","context":"{context}"}}"#);
+    Some(respond(state, cred, StatusCode::CREATED, body, HeaderMap::new(), true))
 }
 
 /// Answers the GitHub App endpoints (installation look-ups and token mints), which need a
