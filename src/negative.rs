@@ -26,6 +26,8 @@ use crate::telemetry::Metrics;
 pub const STATUSES_LIMIT: &str = "statuses_limit";
 /// The built-in rule for GET answers 404 and 410.
 pub const NOT_FOUND: &str = "not_found";
+/// The built-in rule for "this GitHub App is not installed on this owner or repository".
+pub const APP_NOT_INSTALLED: &str = "app_not_installed";
 
 /// The words GitHub uses when a SHA and context are full (matched case-insensitively).
 const STATUSES_LIMIT_PHRASE: &str = "reached the maximum number of statuses";
@@ -203,6 +205,8 @@ struct RuleMetrics {
 /// The negative cache.
 pub struct NegativeCache {
     enabled: bool,
+    /// How long "app not installed" is remembered (zero: not at all).
+    not_installed_ttl: Duration,
     rules: Vec<Rule>,
     statuses_answer: NegativeAnswer,
     store: Arc<dyn Store>,
@@ -225,6 +229,7 @@ impl NegativeCache {
     /// The built-in rules (unless switched off) and the operator's, over `store`.
     pub fn new(
         settings: &NegativeSettings,
+        not_installed_ttl: Duration,
         store: Arc<dyn Store>,
         metrics: &Metrics,
     ) -> Result<NegativeCache, String> {
@@ -239,9 +244,8 @@ impl NegativeCache {
             rules.push(Rule::from_settings(rule)?);
         }
         let mut rule_metrics = HashMap::new();
-        for name in
-            [STATUSES_LIMIT, NOT_FOUND].iter().copied().chain(settings.rules.iter().map(|r| r.name.as_str()))
-        {
+        let builtin = [STATUSES_LIMIT, NOT_FOUND, APP_NOT_INSTALLED];
+        for name in builtin.iter().copied().chain(settings.rules.iter().map(|r| r.name.as_str())) {
             rule_metrics.insert(
                 name.to_string(),
                 RuleMetrics {
@@ -253,6 +257,7 @@ impl NegativeCache {
         }
         Ok(NegativeCache {
             enabled: settings.enabled,
+            not_installed_ttl: if settings.enabled { not_installed_ttl } else { Duration::ZERO },
             rules,
             statuses_answer: settings.statuses_limit.answer,
             store,
@@ -407,6 +412,49 @@ impl NegativeCache {
         }
         let status = StatusCode::from_u16(remembered.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
         (status, headers, Bytes::from(remembered.body.clone()))
+    }
+
+    /// The entry for "app `app` is not installed on `asked`" (`repo:o/r` or `owner:o`);
+    /// `None` when remembering it is switched off.
+    pub fn not_installed_key(&self, app: &str, asked: &str) -> Option<String> {
+        if self.not_installed_ttl.is_zero() {
+            return None;
+        }
+        let (owner, repo) = match asked.strip_prefix("repo:") {
+            Some(path) => {
+                let (o, r) = path.split_once('/').unwrap_or((path, "-"));
+                (o.to_string(), r.to_string())
+            }
+            None => (asked.trim_start_matches("owner:").to_string(), "-".to_string()),
+        };
+        let digest = hex::encode(&Sha256::digest(format!("{app}\n{asked}").as_bytes())[..12]);
+        Some(format!("n:{APP_NOT_INSTALLED}:{owner}:{repo}:{digest}"))
+    }
+
+    /// Whether "not installed" is remembered under `key` (counting a hit).
+    pub async fn is_not_installed(&self, key: &str, count_hit: bool) -> bool {
+        let Some(framed) = self.store.get(key).await.ok().flatten() else { return false };
+        let live = store::unframe(&framed).is_ok_and(|(expires_at, _)| expires_at > SystemTime::now());
+        if live && count_hit {
+            if let Some(m) = self.metrics.get(APP_NOT_INSTALLED) {
+                m.hits.increment(1);
+            }
+        }
+        live
+    }
+
+    /// Remembers "not installed" under `key` for the configured time.
+    pub async fn remember_not_installed(&self, key: &str) {
+        let ttl = self.not_installed_ttl;
+        if ttl.is_zero() {
+            return;
+        }
+        let framed = store::frame(b"not installed", SystemTime::now() + ttl);
+        if self.store.put(key, framed, ttl).await.is_ok() {
+            if let Some(m) = self.metrics.get(APP_NOT_INSTALLED) {
+                m.stored.increment(1);
+            }
+        }
     }
 
     /// Removes remembered answers by rule, owner and/or repository (all when none is given);

@@ -60,7 +60,7 @@ pub struct Gateway {
     public_url: Option<String>,
     fills: Coalescer<String, Fill>,
     broker: Broker,
-    negative: NegativeCache,
+    negative: Arc<NegativeCache>,
     /// Latest rate-limit headers seen per (partition, resource), put on cached answers.
     rate_limits: moka::sync::Cache<(Partition, String), RateLimit>,
     /// When an unsafe request last changed a path; entries older than that are stale.
@@ -163,9 +163,20 @@ impl Gateway {
     ) -> Result<Arc<Gateway>, String> {
         let upstream = Upstream::new(&settings.upstream)?;
         let sealer = store::Sealer::new(secret);
-        let broker =
-            Broker::new(&settings, upstream.clone(), stores.backend.clone(), sealer, Arc::clone(&metrics))?;
-        let negative = NegativeCache::new(&settings.negative, Arc::clone(&stores.state), &metrics)?;
+        let negative = Arc::new(NegativeCache::new(
+            &settings.negative,
+            settings.broker.not_installed_ttl,
+            Arc::clone(&stores.state),
+            &metrics,
+        )?);
+        let broker = Broker::new(
+            &settings,
+            upstream.clone(),
+            stores.backend.clone(),
+            sealer,
+            Arc::clone(&negative),
+            Arc::clone(&metrics),
+        )?;
         let upstream_base = rewrite::base_of(&settings.upstream.url);
         let public_url =
             settings.server.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());

@@ -199,6 +199,15 @@ async fn an_owner_without_the_app_gets_a_clear_404_that_is_remembered() {
     assert_eq!(get(&gw, "/repos/nobody/thing", KEY).await.status(), 404);
     assert_eq!(fake.lookups(), looked_up, "the second request did not ask GitHub again");
     assert_eq!(gw.metric("ghgate_app_installation_lookups_total{result=\"not_installed\"}").await, 1.0);
+    assert_eq!(gw.metric("ghgate_negative_hits_total{rule=\"app_not_installed\"}").await, 1.0);
+
+    // It is a negative entry like any other: clearing the owner makes the next request ask.
+    fake.install("nobody", 11);
+    fake.put("/repos/nobody/thing", Resource::json("{}"));
+    let cleared = gw.client.delete(format!("{}/negative?owner=nobody", gw.admin_url)).send().await.unwrap();
+    assert_eq!(cleared.text().await.unwrap(), r#"{"removed":1}"#);
+    assert_eq!(get(&gw, "/repos/nobody/thing", KEY).await.status(), 200);
+    assert_eq!(fake.lookups(), looked_up + 1);
 }
 
 #[tokio::test]

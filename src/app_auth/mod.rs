@@ -25,6 +25,7 @@ pub use jwt::AppSigner;
 
 use crate::coalesce::Coalescer;
 use crate::config::{BrokerSettings, FreshTokenStrategy, Settings};
+use crate::negative::NegativeCache;
 use crate::store::{self, Sealer, Store};
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamError};
@@ -260,6 +261,9 @@ pub struct Broker {
     /// The store backend: tokens (sealed) and look-ups persist there and, on Redis, are
     /// shared by every replica.
     backend: Option<Arc<dyn Store>>,
+    /// "Not installed" lives in the negative cache (rule `app_not_installed`), so replicas
+    /// share it and operators clear it like any other negative entry.
+    negative: Arc<NegativeCache>,
     sealer: Arc<Sealer>,
     hold: Duration,
     settings_wait: Duration,
@@ -275,7 +279,7 @@ struct SharedState {
     wait: Duration,
     buffer: Duration,
     found_ttl: Duration,
-    not_installed_ttl: Duration,
+    negative: Arc<NegativeCache>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -344,17 +348,13 @@ impl SharedState {
                 if let Some(id) = text.strip_prefix("found:").and_then(|id| id.parse().ok()) {
                     return Some(LookedUp { lookup: Lookup::Found(id), asked: asked.to_string() });
                 }
-                if text == "none" && !self.not_installed_ttl.is_zero() {
-                    return Some(LookedUp { lookup: Lookup::NotInstalled, asked: asked.to_string() });
-                }
             }
         }
-        if asked_key == owner_key {
-            if let Some(text) = read(owner_key).await {
-                if text == "none" && !self.not_installed_ttl.is_zero() {
-                    return Some(LookedUp { lookup: Lookup::NotInstalled, asked: asked.to_string() });
-                }
-            }
+        // "Not installed" is kept by the negative cache.
+        let app = owner_key.strip_prefix("i:")?.split(':').next()?;
+        let key = self.negative.not_installed_key(app, asked)?;
+        if self.negative.is_not_installed(&key, false).await {
+            return Some(LookedUp { lookup: Lookup::NotInstalled, asked: asked.to_string() });
         }
         None
     }
@@ -370,10 +370,7 @@ impl SharedState {
                     let _ = backend.put(asked_key, value, self.found_ttl).await;
                 }
             }
-            Lookup::NotInstalled if !self.not_installed_ttl.is_zero() => {
-                let value = store::frame(b"none", now + self.not_installed_ttl);
-                let _ = backend.put(asked_key, value, self.not_installed_ttl).await;
-            }
+            // Remembered by the negative cache (rule app_not_installed), by the caller.
             Lookup::NotInstalled => {}
         }
     }
@@ -429,6 +426,7 @@ impl Broker {
         upstream: Upstream,
         backend: Option<Arc<dyn Store>>,
         sealer: Sealer,
+        negative: Arc<NegativeCache>,
         metrics: Arc<Metrics>,
     ) -> Result<Broker, String> {
         let mut apps = std::collections::HashMap::new();
@@ -471,6 +469,7 @@ impl Broker {
                 .time_to_live(b.remint_min_interval.max(Duration::from_millis(1)))
                 .build(),
             backend,
+            negative,
             sealer: Arc::new(sealer),
             hold: settings.upstream.timeout + Duration::from_secs(2),
             settings_wait: settings.store.lock_wait,
@@ -562,16 +561,16 @@ impl Broker {
         let owner_key = (app.name().to_string(), format!("owner:{owner}"));
         let lookup_key = (app.name().to_string(), target_key(target));
         for key in [&owner_key, &lookup_key] {
-            match self.installations.get(key) {
-                Some(Lookup::Found(id)) => {
-                    self.metrics.app.lookup_hits.increment(1);
-                    return Ok(id);
-                }
-                Some(Lookup::NotInstalled) if key == &lookup_key => {
-                    self.metrics.app.lookup_hits.increment(1);
-                    return Err(not_installed(app, target));
-                }
-                _ => {}
+            if let Some(Lookup::Found(id)) = self.installations.get(key) {
+                self.metrics.app.lookup_hits.increment(1);
+                return Ok(id);
+            }
+        }
+        let not_installed_key = self.negative.not_installed_key(app.name(), &lookup_key.1);
+        if let Some(key) = &not_installed_key {
+            if self.negative.is_not_installed(key, true).await {
+                self.metrics.app.lookup_hits.increment(1);
+                return Err(not_installed(app, target));
             }
         }
         // Concurrent look-ups for one owner share one request, whichever repository they
@@ -592,8 +591,8 @@ impl Broker {
                 Ok(id)
             }
             Lookup::NotInstalled => {
-                if !self.settings.not_installed_ttl.is_zero() {
-                    self.installations.insert(lookup_key, Lookup::NotInstalled);
+                if let Some(key) = &not_installed_key {
+                    self.negative.remember_not_installed(key).await;
                 }
                 Err(not_installed(app, target))
             }
@@ -799,7 +798,7 @@ impl Broker {
             wait: self.settings_wait,
             buffer: self.settings.token_refresh_buffer,
             found_ttl: self.settings.installation_ttl,
-            not_installed_ttl: self.settings.not_installed_ttl,
+            negative: Arc::clone(&self.negative),
         }
     }
 
