@@ -54,13 +54,18 @@ min_fresh = "5m"
 #[test]
 fn check_config_names_the_bad_key_and_exits_non_zero() {
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         ("[cache]\nmax_bytes = \"lots\"\n", &[], "cache.max_bytes"),
         ("[server]\nlisten = \"port eighty\"\n", &[], "server.listen"),
         ("[upstream]\nurl = \"ftp://example.com\"\n", &[], "upstream.url"),
         ("[cache]\nmax_bites = 1\n", &[], "max_bites"),
         ("[[cache.rules]]\npath = \"no-slash\"\n", &[], "cache.rules"),
         ("", &[("GHGATE_UPSTREAM__TIMEOUT", "soon")], "upstream.timeout"),
+        (
+            "[[negative.rules]]\nname = \"r\"\nmethod = \"POST\"\npath = \"/repos/{owner}/{repo}/x\"\nstatus = [403]\nkey = [\"owner\"]\nttl = \"1m\"\n",
+            &[],
+            "negative.rules[0]",
+        ),
     ];
     for (toml, env, key) in cases {
         let (ok, _, stderr) = check_config(toml, env);
