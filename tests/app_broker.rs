@@ -5,42 +5,16 @@ mod support;
 
 use std::time::Duration;
 
-use ghgate::config::{AppSettings, ClientSettings, Settings};
-use sha2::{Digest, Sha256};
-use support::{FakeGitHub, Resource, TestGateway, outcome, start_gateway};
+use ghgate::config::Settings;
+use support::app::{add_app, client, fake_with_app, get_with_key};
+use support::{Resource, TestGateway, outcome, start_gateway};
 
 const KEY: &str = "ghgate_runner_key_0123456789abcdef";
 const KEY_OCTO_ONLY: &str = "ghgate_octo_only_key_0123456789ab";
 const KEY_READ_ONLY: &str = "ghgate_read_only_key_0123456789ab";
 
-fn data(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
-
-async fn fake_with_app() -> FakeGitHub {
-    let fake = FakeGitHub::start().await;
-    fake.enable_app("4242", &std::fs::read(data("app-key-public.pem")).unwrap());
-    fake
-}
-
-fn client(name: &str, key: &str, owners: &[&str]) -> ClientSettings {
-    ClientSettings {
-        name: name.into(),
-        key_sha256: hex::encode(Sha256::digest(key.as_bytes())),
-        app: "ci-bot".into(),
-        owners: owners.iter().map(|o| o.to_string()).collect(),
-        permissions: Default::default(),
-    }
-}
-
 fn with_app(s: &mut Settings) {
-    s.apps.push(AppSettings {
-        name: "ci-bot".into(),
-        app_id: Some("4242".into()),
-        client_id: None,
-        private_key_path: Some(data("app-key-pkcs1.pem")),
-        private_key_env: None,
-    });
+    add_app(s);
     s.clients.push(client("runner", KEY, &[]));
     s.clients.push(client("octo-only", KEY_OCTO_ONLY, &["octo"]));
     let mut read_only = client("read-only", KEY_READ_ONLY, &[]);
@@ -49,12 +23,7 @@ fn with_app(s: &mut Settings) {
 }
 
 async fn get(gw: &TestGateway, path: &str, key: &str) -> reqwest::Response {
-    gw.client
-        .get(format!("{}{path}", gw.url))
-        .header("authorization", format!("Bearer {key}"))
-        .send()
-        .await
-        .unwrap()
+    get_with_key(gw, path, key).await
 }
 
 #[tokio::test]

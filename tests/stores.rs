@@ -5,16 +5,12 @@ mod support;
 
 use std::time::Duration;
 
-use ghgate::config::{AppSettings, ClientSettings, Settings, StoreBackend};
-use sha2::{Digest, Sha256};
+use ghgate::config::{Settings, StoreBackend};
+use support::app::{add_app, client, fake_with_app};
 use support::{FakeGitHub, RedisServer, Resource, TestGateway, outcome, start_gateway, start_gateway_in};
 
 const REPO: &str = "/repos/octo/hello";
 const KEY: &str = "ghgate_store_test_key_0123456789";
-
-fn data(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
 
 fn with_redis(redis: &RedisServer) -> impl Fn(&mut Settings) + use<> {
     let url = redis.url();
@@ -26,35 +22,12 @@ fn with_redis(redis: &RedisServer) -> impl Fn(&mut Settings) + use<> {
 }
 
 fn with_app(s: &mut Settings) {
-    s.apps.push(AppSettings {
-        name: "ci-bot".into(),
-        app_id: Some("4242".into()),
-        client_id: None,
-        private_key_path: Some(data("app-key-pkcs1.pem")),
-        private_key_env: None,
-    });
-    s.clients.push(ClientSettings {
-        name: "runner".into(),
-        key_sha256: hex::encode(Sha256::digest(KEY.as_bytes())),
-        app: "ci-bot".into(),
-        owners: vec![],
-        permissions: Default::default(),
-    });
-}
-
-async fn fake_with_app() -> FakeGitHub {
-    let fake = FakeGitHub::start().await;
-    fake.enable_app("4242", &std::fs::read(data("app-key-public.pem")).unwrap());
-    fake
+    add_app(s);
+    s.clients.push(client("runner", KEY, &[]));
 }
 
 async fn get_with_key(gw: &TestGateway, path: &str) -> reqwest::Response {
-    gw.client
-        .get(format!("{}{path}", gw.url))
-        .header("authorization", format!("Bearer {KEY}"))
-        .send()
-        .await
-        .unwrap()
+    support::app::get_with_key(gw, path, KEY).await
 }
 
 #[tokio::test]

@@ -217,18 +217,6 @@ impl Store for DiskStore {
             .boxed()
     }
 
-    fn try_lock<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
-        async { Ok(Some(0)) }.boxed()
-    }
-
-    fn unlock<'a>(&'a self, _: &'a str, _: u64) -> BoxFuture<'a, Result<(), StoreError>> {
-        async { Ok(()) }.boxed()
-    }
-
-    fn is_shared(&self) -> bool {
-        false
-    }
-
     fn health(&self) -> Health {
         if self.failing.load(Ordering::Relaxed) {
             Health::Degraded(format!("disk store in {} is failing; serving from memory", self.dir.display()))

@@ -76,18 +76,6 @@ impl Store for MemoryStore {
             .boxed()
     }
 
-    fn try_lock<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
-        async { Ok(Some(0)) }.boxed()
-    }
-
-    fn unlock<'a>(&'a self, _: &'a str, _: u64) -> BoxFuture<'a, Result<(), StoreError>> {
-        async { Ok(()) }.boxed()
-    }
-
-    fn is_shared(&self) -> bool {
-        false
-    }
-
     fn health(&self) -> Health {
         Health::Ok
     }

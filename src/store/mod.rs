@@ -65,16 +65,26 @@ pub trait Store: Send + Sync + 'static {
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 
     /// Takes the lock `key` for at most `ttl`: `Some(fence)` when taken, `None` when someone
-    /// else holds it. Backends no other process can see grant every lock (inside one process
-    /// the coalescer already ensures one worker per key).
-    fn try_lock<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
+    /// else holds it. By default (backends no other process can see) every lock is granted:
+    /// inside one process the coalescer already ensures one worker per key.
+    fn try_lock<'a>(
+        &'a self,
+        _key: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async { Ok(Some(0)) })
+    }
 
     /// Releases a lock taken with `fence` (a lock that expired and was taken by another
     /// holder is left alone).
-    fn unlock<'a>(&'a self, key: &'a str, fence: u64) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn unlock<'a>(&'a self, _key: &'a str, _fence: u64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Whether other processes see the same data (replicas sharing Redis).
-    fn is_shared(&self) -> bool;
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// Whether the store works right now.
     fn health(&self) -> Health;
