@@ -35,10 +35,38 @@ pub struct Settings {
     pub broker: BrokerSettings,
     /// Futile-request protection: answers remembered so they are not bought twice.
     pub negative: NegativeSettings,
+    /// Rate-limit governance.
+    pub limits: LimitsSettings,
     /// GitHub Apps whose installation tokens the gateway mints (`[[apps]]`).
     pub apps: Vec<AppSettings>,
     /// Gateway clients that use those apps through a client key (`[[clients]]`).
     pub clients: Vec<ClientSettings>,
+}
+
+/// `[limits]`: rate-limit governance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// Save the budget: below the reserve serve stale reads, at zero answer locally.
+    pub protect_budget: bool,
+    /// Share of an identity's limit kept in reserve, in percent.
+    pub reserve_percent: f64,
+    /// Hold an identity back after a secondary limit until GitHub says it may come back.
+    pub honor_secondary_limits: bool,
+    /// How long to hold back when GitHub gave no `retry-after` (GitHub asks for at least 60 s).
+    #[serde(with = "duration")]
+    pub secondary_limit_wait: Duration,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            protect_budget: true,
+            reserve_percent: 5.0,
+            honor_secondary_limits: true,
+            secondary_limit_wait: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[negative]`: the negative cache.
@@ -586,6 +614,12 @@ impl Settings {
                     }
                 }
             }
+        }
+        if !(0.0..=100.0).contains(&self.limits.reserve_percent) {
+            bad(
+                "limits.reserve_percent",
+                format!("must be between 0 and 100, got {}", self.limits.reserve_percent),
+            );
         }
         if self.store.redis_timeout.is_zero() {
             bad("store.redis_timeout", "must be greater than zero".into());

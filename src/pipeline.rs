@@ -28,8 +28,9 @@ use crate::cache::policy::{self, FreshnessPolicy};
 use crate::cache::{CacheKey, CachedResponse, Outcome};
 use crate::coalesce::{Coalescer, Role};
 use crate::config::Settings;
-use crate::github::{self, RateLimit};
+use crate::github;
 use crate::identity::{Partition, Partitioner};
+use crate::limits::{self, Admission, Budgets};
 use crate::negative::{Candidate, NegativeCache, Verdict};
 use crate::rewrite;
 use crate::store::{self, ResponseCache, Stores};
@@ -61,8 +62,8 @@ pub struct Gateway {
     fills: Coalescer<String, Fill>,
     broker: Broker,
     negative: Arc<NegativeCache>,
-    /// Latest rate-limit headers seen per (partition, resource), put on cached answers.
-    rate_limits: moka::sync::Cache<(Partition, String), RateLimit>,
+    /// The rate-limit ledger per identity and resource, and the holds after secondary limits.
+    budgets: Budgets,
     /// When an unsafe request last changed a path; entries older than that are stale.
     invalidated: moka::sync::Cache<String, SystemTime>,
     metrics: Arc<Metrics>,
@@ -190,10 +191,7 @@ impl Gateway {
             fills: Coalescer::default(),
             broker,
             negative,
-            rate_limits: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(2 * 3600))
-                .build(),
+            budgets: Budgets::new(settings.limits.clone()),
             invalidated: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(settings.cache.retain_stale.max(Duration::from_secs(60)))
@@ -212,6 +210,11 @@ impl Gateway {
     /// The settings in force.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The rate-limit ledger.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     /// The negative cache.
@@ -351,6 +354,31 @@ impl Gateway {
                         Outcome::Stale,
                     );
                 }
+            }
+        }
+
+        // Guard the budget: below the reserve, or while held back, a stale entry beats spending.
+        match self.budgets.admit(partition, Budgets::resource_of_path(parts.uri.path())) {
+            Admission::Go => {}
+            Admission::Reserve => {
+                if let Some(entry) = &entry {
+                    self.metrics.reserve_stale.increment(1);
+                    return (
+                        self.entry_response(entry, partition, &parts.headers, head, now),
+                        Outcome::Stale,
+                    );
+                }
+            }
+            Admission::Stop { until, status, message, limit } => {
+                if let Some(entry) = &entry {
+                    self.metrics.reserve_stale.increment(1);
+                    return (
+                        self.entry_response(entry, partition, &parts.headers, head, now),
+                        Outcome::Stale,
+                    );
+                }
+                self.metrics.local_limit_answers.increment(1);
+                return (limits::stop_response(until, status, &message, limit.as_ref()), Outcome::Negative);
             }
         }
 
@@ -595,6 +623,9 @@ impl Gateway {
             }
         }
         let body = concat(chunks);
+        if status == StatusCode::FORBIDDEN && !response_headers.contains_key(http::header::RETRY_AFTER) {
+            self.budgets.record_secondary_message(partition, status, &body);
+        }
         if let Some(candidate) = &negative {
             if matches!(status.as_u16(), 404 | 410) {
                 self.negative.consider(candidate, status, &response_headers, &body).await;
@@ -681,7 +712,7 @@ impl Gateway {
         head: bool,
     ) -> Response {
         let (status, mut headers, body) = self.negative.answer(candidate, remembered);
-        if let Some(limit) = self.rate_limits.get(&(partition.clone(), "core".to_string())) {
+        if let Some(limit) = self.budgets.latest(partition, "core") {
             limit.apply(&mut headers);
         }
         build_response(status, headers, if head { Body::empty() } else { Body::from(body) })
@@ -734,9 +765,37 @@ impl Gateway {
                 );
             }
         }
-        let response = self.forward(parts, body, buffered, caller, url).await;
+        let resource = Budgets::resource_of_path(parts.uri.path());
+        if let Admission::Stop { until, status, message, limit } =
+            self.budgets.admit(&caller.partition, resource)
+        {
+            self.metrics.local_limit_answers.increment(1);
+            return (limits::stop_response(until, status, &message, limit.as_ref()), Outcome::Negative);
+        }
+        let mut response = self.forward(parts, body, buffered, caller, url).await;
+        if response.status() == StatusCode::FORBIDDEN
+            && !response.headers().contains_key(http::header::RETRY_AFTER)
+        {
+            response = self.inspect_refusal(&caller.partition, response).await;
+        }
         let Some(candidate) = candidate else { return (response, Outcome::Bypass) };
         (self.remember_if_futile(&candidate, response).await, Outcome::Bypass)
+    }
+
+    /// Reads a small 403 to tell a secondary rate limit (held back) from a permissions answer,
+    /// giving the client the same answer.
+    async fn inspect_refusal(&self, partition: &Partition, response: Response) -> Response {
+        if declared_length(response.headers()).is_none_or(|len| len > NEGATIVE_BODY_MAX) {
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        match axum::body::to_bytes(body, NEGATIVE_BODY_MAX as usize).await {
+            Ok(bytes) => {
+                self.budgets.record_secondary_message(partition, parts.status, &bytes);
+                Response::from_parts(parts, Body::from(bytes))
+            }
+            Err(_) => github::error_response(StatusCode::BAD_GATEWAY, "ghgate: upstream answer broke off"),
+        }
     }
 
     /// Offers a small answer to the negative cache, giving the client the same answer.
@@ -891,7 +950,7 @@ impl Gateway {
         match result {
             Ok((response, took)) => {
                 self.metrics.upstream_answer(Some(response.status()), took);
-                self.record_rate_limit(partition, response.headers());
+                self.record_rate_limit(partition, response.status(), response.headers());
                 Ok(response)
             }
             Err(error) => {
@@ -901,16 +960,14 @@ impl Gateway {
         }
     }
 
-    fn record_rate_limit(&self, partition: &Partition, headers: &HeaderMap) {
-        if let Some(limit) = RateLimit::from_headers(headers) {
-            self.rate_limits.insert((partition.clone(), limit.resource.clone()), limit);
-        }
+    fn record_rate_limit(&self, partition: &Partition, status: StatusCode, headers: &HeaderMap) {
+        self.budgets.record(partition, status, headers);
     }
 
     /// The latest rate-limit values known for this partition replace the stored ones.
     fn apply_rate_limit(&self, partition: &Partition, headers: &mut HeaderMap) {
         let resource = github::resource_of(headers).to_string();
-        if let Some(limit) = self.rate_limits.get(&(partition.clone(), resource)) {
+        if let Some(limit) = self.budgets.latest(partition, &resource) {
             limit.apply(headers);
         }
     }

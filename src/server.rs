@@ -140,6 +140,7 @@ fn admin_router(gateway: Arc<Gateway>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/negative", axum::routing::delete(clear_negative))
+        .route("/ratelimits", get(ratelimits))
         .route("/", get(status_page))
         .with_state(gateway)
 }
@@ -155,8 +156,15 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     response
 }
 
+/// `GET /ratelimits`: every identity's budget as GitHub last reported it (identities are
+/// partition ids, never credentials), lowest remaining first.
+async fn ratelimits(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(serde_json::json!({ "identities": gateway.budgets().lines() })).into_response()
+}
+
 fn record_store_gauges(gateway: &Gateway) {
     let m = gateway.metrics();
+    m.blocked_identities.set(gateway.budgets().blocked_count() as f64);
     let responses = gateway.responses();
     m.store_bytes.set(responses.size_bytes() as f64);
     m.store_entries.set(responses.entry_count() as f64);

@@ -62,6 +62,13 @@ pub struct Metrics {
     pub store_max_bytes: Gauge,
     /// `ghgate_inflight_fills`
     pub inflight_fills: Gauge,
+    /// `ghgate_ratelimit_reserve_stale_total`: reads answered stale to save a low budget.
+    pub reserve_stale: Counter,
+    /// `ghgate_ratelimit_local_answers_total`: requests answered locally because the identity's
+    /// budget was exhausted or it was held back after a secondary limit.
+    pub local_limit_answers: Counter,
+    /// `ghgate_ratelimit_blocked_identities`: identities held back after a secondary limit.
+    pub blocked_identities: Gauge,
     /// `ghgate_negative_canaries_total`: all rules' canaries together, for one alert.
     pub negative_canaries: Counter,
     /// The GitHub App broker's metrics.
@@ -221,6 +228,19 @@ impl Metrics {
             negative_canaries: counter(
                 "ghgate_negative_canaries_total",
                 "Answers that looked futile but lacked GitHub's known phrase (all rules).",
+            ),
+            reserve_stale: counter(
+                "ghgate_ratelimit_reserve_stale_total",
+                "Reads answered from a stale entry to save an identity's low or exhausted budget.",
+            ),
+            local_limit_answers: counter(
+                "ghgate_ratelimit_local_answers_total",
+                "Requests answered locally because the budget was exhausted or the identity held back.",
+            ),
+            blocked_identities: gauge(
+                "ghgate_ratelimit_blocked_identities",
+                None,
+                "Identities held back after a secondary rate limit.",
             ),
             inflight_fills: gauge(
                 "ghgate_inflight_fills",

@@ -92,7 +92,7 @@ async fn forbidden_and_not_found_answers_with_the_phrase_are_never_remembered() 
     let fake = FakeGitHub::start().await;
     let gw = start_gateway(&fake.url(), |_| {}).await;
     let phrase_body = r#"{"message":"Validation Failed","errors":"This SHA and context has reached the maximum number of statuses."}"#;
-    for status in [403, 404, 429] {
+    for status in [403, 404, 409] {
         fake.answer_next(status, phrase_body);
         assert_eq!(post_status(&gw, SHA, Some("ci")).await.status().as_u16(), status);
     }

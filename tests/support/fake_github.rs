@@ -96,6 +96,12 @@ struct Inner {
     statuses_shape: String,
     /// Answers to give instead, one per request: (status, body).
     canned: Vec<(u16, String)>,
+    /// A smaller rate limit for authenticated credentials than GitHub's 5000.
+    limit: Option<u64>,
+    /// Secondary limits to answer next: "retry-after:N", "429" or "remaining-0".
+    secondary: Vec<String>,
+    /// When each credential's requests arrived.
+    times: Vec<(String, Instant)>,
     /// Paths that answer with a redirect: (status, target path under the base).
     redirects: HashMap<String, (u16, String)>,
     /// Requests per path.
@@ -242,6 +248,24 @@ impl FakeGitHub {
         let mut inner = self.state.inner.lock().unwrap();
         inner.statuses_limit = limit;
         inner.statuses_shape = shape.to_string();
+    }
+
+    /// Authenticated credentials get this many units per window instead of 5000; past it,
+    /// GitHub's 403 "API rate limit exceeded" with `x-ratelimit-remaining: 0`.
+    pub fn set_limit(&self, limit: u64) {
+        self.state.inner.lock().unwrap().limit = Some(limit);
+    }
+
+    /// The next request gets a secondary limit: `retry-after:N` (403 with `retry-after`),
+    /// `429` (no `retry-after`) or `remaining-0` (403 with `x-ratelimit-remaining: 0`).
+    pub fn secondary_next(&self, kind: &str) {
+        self.state.inner.lock().unwrap().secondary.push(kind.to_string());
+    }
+
+    /// When a credential's requests arrived.
+    pub fn request_times(&self, token: &str) -> Vec<Instant> {
+        let inner = self.state.inner.lock().unwrap();
+        inner.times.iter().filter(|(c, _)| c == token).map(|(_, t)| *t).collect()
     }
 
     /// The next request gets this status and body instead of its answer.
@@ -421,7 +445,7 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
     let path = full_path.strip_prefix(&state.prefix).unwrap_or(&full_path).to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
     let cred = credential(&parts.headers);
-    let (delay, failure, max_age, canned) = {
+    let (delay, failure, max_age, canned, secondary, over_limit) = {
         let mut inner = state.inner.lock().unwrap();
         *inner.per_path.entry(path.clone()).or_default() += 1;
         let pq = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
@@ -432,10 +456,37 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
         let failure =
             inner.fail_always.or_else(|| (!inner.failures.is_empty()).then(|| inner.failures.remove(0)));
         let canned = (!inner.canned.is_empty()).then(|| inner.canned.remove(0));
-        (inner.delay, failure, inner.max_age, canned)
+        inner.times.push((cred.clone(), Instant::now()));
+        let secondary = (!inner.secondary.is_empty()).then(|| inner.secondary.remove(0));
+        let over_limit = cred != "anonymous"
+            && inner.limit.is_some_and(|l| inner.used.get(&cred).copied().unwrap_or(0) >= l);
+        (inner.delay, failure, inner.max_age, canned, secondary, over_limit)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(kind) = secondary {
+        let mut headers = HeaderMap::new();
+        let message =
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.";
+        let status = match kind.strip_prefix("retry-after:") {
+            Some(secs) => {
+                headers.insert("retry-after", HeaderValue::from_str(secs).unwrap());
+                StatusCode::FORBIDDEN
+            }
+            None if kind == "429" => StatusCode::TOO_MANY_REQUESTS,
+            None => StatusCode::FORBIDDEN,
+        };
+        let (s, b) = json_error(status, message);
+        let mut response = respond(&state, &cred, s, b, headers, false);
+        if kind == "remaining-0" {
+            response.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        }
+        return response;
+    }
+    if over_limit && !path.ends_with("/access_tokens") && !path.ends_with("/installation") {
+        let (s, b) = json_error(StatusCode::FORBIDDEN, "API rate limit exceeded for user.");
+        return respond(&state, &cred, s, b, HeaderMap::new(), false);
     }
     if let Some((status, body)) = canned {
         return respond(&state, &cred, StatusCode::from_u16(status).unwrap(), body, HeaderMap::new(), true);
@@ -756,7 +807,8 @@ fn respond(
     mut headers: HeaderMap,
     charge: bool,
 ) -> Response {
-    let limit = if cred == "anonymous" { LIMIT_ANONYMOUS } else { LIMIT_AUTHENTICATED };
+    let used_limit = state.inner.lock().unwrap().limit;
+    let limit = if cred == "anonymous" { LIMIT_ANONYMOUS } else { used_limit.unwrap_or(LIMIT_AUTHENTICATED) };
     let used = {
         let mut inner = state.inner.lock().unwrap();
         let used = inner.used.entry(cred.to_string()).or_default();

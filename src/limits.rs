@@ -1,0 +1,231 @@
+//! Guarding every identity's budget: a ledger of the `x-ratelimit-*` values GitHub reports per
+//! identity (credential partition or app installation) and resource, and the decisions taken
+//! from it before a request goes upstream — spend freely, save the reserve (serve stale when
+//! possible), or stop (budget exhausted, or blocked after a secondary limit) and answer
+//! locally in GitHub's shape.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Serialize;
+
+use crate::config::LimitsSettings;
+use crate::github::RateLimit;
+use crate::identity::Partition;
+
+/// Where GitHub documents its rate limits (used in the answers ghgate gives for them).
+pub const RATE_LIMIT_DOCS: &str =
+    "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api";
+
+/// What to do with a request of an identity, given its budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Go upstream.
+    Go,
+    /// Below the reserve: serve a stale entry if there is one, else go upstream.
+    Reserve,
+    /// Do not go upstream before `until`: serve a stale entry if there is one, else answer
+    /// locally with `status` and `message`.
+    Stop {
+        /// When the identity may go upstream again.
+        until: SystemTime,
+        /// 403 or 429, as GitHub answered.
+        status: StatusCode,
+        /// GitHub's message.
+        message: String,
+        /// The ledger entry, for the `x-ratelimit-*` headers of the local answer.
+        limit: Option<RateLimit>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    until: SystemTime,
+    status: StatusCode,
+}
+
+/// The ledger and the blocks.
+pub struct Budgets {
+    settings: LimitsSettings,
+    ledger: moka::sync::Cache<(Partition, String), RateLimit>,
+    blocked: moka::sync::Cache<Partition, Block>,
+}
+
+/// One ledger line for `GET /ratelimits` (identities are partition ids, never credentials).
+#[derive(Debug, Serialize)]
+pub struct LedgerLine {
+    /// The identity's partition id.
+    pub identity: String,
+    /// The resource (`core`, `search`, ...).
+    pub resource: String,
+    /// `x-ratelimit-limit`
+    pub limit: u64,
+    /// `x-ratelimit-remaining`
+    pub remaining: u64,
+    /// `x-ratelimit-used`
+    pub used: u64,
+    /// `x-ratelimit-reset`, epoch seconds.
+    pub reset: u64,
+    /// Until when (epoch seconds) the identity is held back after a secondary limit.
+    pub blocked_until: Option<u64>,
+}
+
+fn epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+impl Budgets {
+    /// An empty ledger.
+    pub fn new(settings: LimitsSettings) -> Budgets {
+        Budgets {
+            settings,
+            ledger: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(2 * 3600))
+                .build(),
+            blocked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+        }
+    }
+
+    /// The resource a request path is charged to.
+    pub fn resource_of_path(path: &str) -> &'static str {
+        if path.starts_with("/search/") {
+            "search"
+        } else if path == "/graphql" {
+            "graphql"
+        } else {
+            "core"
+        }
+    }
+
+    /// Records what an upstream answer says about its identity's budget: the ledger line, and
+    /// a block after a secondary limit (403/429 with `retry-after`, or a 429 without one).
+    pub fn record(&self, partition: &Partition, status: StatusCode, headers: &HeaderMap) {
+        if let Some(limit) = RateLimit::from_headers(headers) {
+            self.ledger.insert((partition.clone(), limit.resource.clone()), limit);
+        }
+        if !self.settings.honor_secondary_limits {
+            return;
+        }
+        if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match retry_after {
+                Some(secs) => self.block(partition, Duration::from_secs(secs), status),
+                None if status == StatusCode::TOO_MANY_REQUESTS => {
+                    self.block(partition, self.settings.secondary_limit_wait, status)
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Records a secondary limit recognised by its message (a 403 without `retry-after`).
+    pub fn record_secondary_message(&self, partition: &Partition, status: StatusCode, body: &[u8]) {
+        if !self.settings.honor_secondary_limits {
+            return;
+        }
+        let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+        if text.contains("secondary rate limit") || text.contains("abuse detection") {
+            self.block(partition, self.settings.secondary_limit_wait, status);
+        }
+    }
+
+    fn block(&self, partition: &Partition, wait: Duration, status: StatusCode) {
+        let until = SystemTime::now() + wait;
+        let longer = self.blocked.get(partition).is_none_or(|b| b.until < until);
+        if longer {
+            tracing::warn!(identity = %partition, wait_secs = wait.as_secs(), "secondary rate limit: holding this identity back");
+            self.blocked.insert(partition.clone(), Block { until, status });
+        }
+    }
+
+    /// The decision for an identity's next request to `resource`.
+    pub fn admit(&self, partition: &Partition, resource: &str) -> Admission {
+        let now = SystemTime::now();
+        let limit = self.ledger.get(&(partition.clone(), resource.to_string()));
+        if let Some(block) = self.blocked.get(partition) {
+            if block.until > now {
+                return Admission::Stop {
+                    until: block.until,
+                    status: block.status,
+                    message: "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. (answered by ghgate, which holds requests back until the limit lifts)".into(),
+                    limit,
+                };
+            }
+        }
+        let Some(limit) = limit else { return Admission::Go };
+        if !self.settings.protect_budget || limit.is_expired(now) || limit.limit == 0 {
+            return Admission::Go;
+        }
+        if limit.remaining == 0 {
+            return Admission::Stop {
+                until: UNIX_EPOCH + Duration::from_secs(limit.reset),
+                status: StatusCode::FORBIDDEN,
+                message: format!(
+                    "API rate limit exceeded for this identity ({} of {} used; resets at {}). (answered by ghgate without spending a request)",
+                    limit.used, limit.limit, limit.reset
+                ),
+                limit: Some(limit),
+            };
+        }
+        let reserve = (limit.limit as f64 * self.settings.reserve_percent / 100.0).ceil() as u64;
+        if limit.remaining <= reserve { Admission::Reserve } else { Admission::Go }
+    }
+
+    /// The latest ledger line of an identity and resource.
+    pub fn latest(&self, partition: &Partition, resource: &str) -> Option<RateLimit> {
+        self.ledger.get(&(partition.clone(), resource.to_string()))
+    }
+
+    /// The whole ledger, for `GET /ratelimits`.
+    pub fn lines(&self) -> Vec<LedgerLine> {
+        let now = SystemTime::now();
+        let mut lines: Vec<LedgerLine> = self
+            .ledger
+            .iter()
+            .map(|(key, l)| LedgerLine {
+                identity: key.0.to_string(),
+                resource: key.1.clone(),
+                limit: l.limit,
+                remaining: l.remaining,
+                used: l.used,
+                reset: l.reset,
+                blocked_until: self.blocked.get(&key.0).filter(|b| b.until > now).map(|b| epoch(b.until)),
+            })
+            .collect();
+        lines.sort_by(|a, b| (a.remaining, &a.identity).cmp(&(b.remaining, &b.identity)));
+        lines
+    }
+
+    /// Identities currently held back after a secondary limit.
+    pub fn blocked_count(&self) -> usize {
+        let now = SystemTime::now();
+        self.blocked.iter().filter(|(_, b)| b.until > now).count()
+    }
+}
+
+/// The local answer for [`Admission::Stop`]: GitHub's shape, `retry-after`, and the
+/// `x-ratelimit-*` headers GitHub would send.
+pub fn stop_response(
+    until: SystemTime,
+    status: StatusCode,
+    message: &str,
+    limit: Option<&RateLimit>,
+) -> axum::response::Response {
+    let mut response = crate::github::error_response(status, message);
+    let body = serde_json::json!({ "message": message, "documentation_url": RATE_LIMIT_DOCS });
+    *response.body_mut() = axum::body::Body::from(body.to_string());
+    let wait = until.duration_since(SystemTime::now()).unwrap_or_default().as_secs().max(1);
+    let headers = response.headers_mut();
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(wait));
+    if let Some(limit) = limit {
+        limit.apply(headers);
+    }
+    response
+}

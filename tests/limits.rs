@@ -1,0 +1,178 @@
+//! Rate-limit governance end to end: the fake GitHub counts budgets down to zero, answers
+//! secondary limits three ways, and records when each identity's requests arrive.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{FakeGitHub, Resource, outcome, start_gateway};
+
+async fn fake_with(paths: &[&str]) -> FakeGitHub {
+    let fake = FakeGitHub::start().await;
+    for p in paths {
+        fake.put(p, Resource::json(format!(r#"{{"path":"{p}"}}"#)));
+    }
+    fake
+}
+
+#[tokio::test]
+async fn after_a_secondary_limit_no_request_of_that_identity_goes_upstream_until_retry_after() {
+    let fake = fake_with(&["/repos/o/a", "/repos/o/b", "/repos/o/c"]).await;
+    fake.set_max_age(1);
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    assert_eq!(outcome(&gw.get("/repos/o/a", Some("a")).await), "MISS");
+    fake.secondary_next("retry-after:2");
+    let limited = gw.get("/repos/o/b", Some("a")).await;
+    assert_eq!(limited.status(), 403);
+    let blocked_at = Instant::now();
+
+    // Cached reads keep working: fresh is a HIT, stale is served STALE instead of revalidated.
+    assert_eq!(outcome(&gw.get("/repos/o/a", Some("a")).await), "HIT");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stale = gw.get("/repos/o/a", Some("a")).await;
+    assert_eq!((stale.status().as_u16(), outcome(&stale)), (200, "STALE".to_string()));
+    // Everything else is answered locally, with retry-after.
+    let local = gw.get("/repos/o/c", Some("a")).await;
+    assert_eq!(local.status(), 403);
+    assert_eq!(outcome(&local), "NEGATIVE");
+    let retry: u64 = local.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "retry-after {retry}");
+    assert!(local.text().await.unwrap().contains("secondary rate limit"));
+    let post = gw
+        .client
+        .post(format!("{}/repos/o/c/issues", gw.url))
+        .header("authorization", "token a")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 403);
+    // Another identity is not held back.
+    assert_eq!(gw.get("/repos/o/c", Some("b")).await.status(), 200);
+
+    let during: Vec<_> = fake
+        .request_times("a")
+        .into_iter()
+        .filter(|t| *t > blocked_at && *t < blocked_at + Duration::from_millis(1900))
+        .collect();
+    assert!(during.is_empty(), "{} requests of the held-back identity reached GitHub", during.len());
+
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(blocked_at.elapsed())).await;
+    assert_eq!(gw.get("/repos/o/c", Some("a")).await.status(), 200, "released after retry-after");
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_holds_the_identity_for_the_configured_wait() {
+    let fake = fake_with(&["/repos/o/a"]).await;
+    let gw = start_gateway(&fake.url(), |s| s.limits.secondary_limit_wait = Duration::from_secs(1)).await;
+    fake.secondary_next("429");
+    assert_eq!(gw.get("/repos/o/a", Some("a")).await.status(), 429);
+    let local = gw.get("/repos/o/a", Some("a")).await;
+    assert_eq!((local.status().as_u16(), outcome(&local)), (429, "NEGATIVE".to_string()));
+    assert!(local.headers().contains_key("retry-after"));
+    assert_eq!(fake.requests_for("/repos/o/a"), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(gw.get("/repos/o/a", Some("a")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_403_with_no_remaining_budget_stops_the_identity_until_reset() {
+    let fake = fake_with(&["/repos/o/a", "/repos/o/b"]).await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    fake.secondary_next("remaining-0");
+    assert_eq!(gw.get("/repos/o/a", Some("a")).await.status(), 403);
+    let local = gw.get("/repos/o/b", Some("a")).await;
+    assert_eq!((local.status().as_u16(), outcome(&local)), (403, "NEGATIVE".to_string()));
+    assert_eq!(local.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(fake.requests_for("/repos/o/b"), 0);
+}
+
+#[tokio::test]
+async fn an_exhausted_budget_is_answered_locally_in_githubs_shape() {
+    let fake = fake_with(&["/repos/o/a", "/repos/o/b", "/repos/o/c", "/repos/o/d"]).await;
+    fake.set_limit(3);
+    let gw = start_gateway(&fake.url(), |s| s.limits.reserve_percent = 0.0).await;
+    for p in ["/repos/o/a", "/repos/o/b", "/repos/o/c"] {
+        assert_eq!(gw.get(p, Some("a")).await.status(), 200);
+    }
+    let local = gw.get("/repos/o/d", Some("a")).await;
+    assert_eq!((local.status().as_u16(), outcome(&local)), (403, "NEGATIVE".to_string()));
+    assert_eq!(local.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(local.headers()["x-ratelimit-limit"], "3");
+    let retry: u64 = local.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 3000, "until the window resets: {retry}");
+    let body: serde_json::Value = serde_json::from_str(&local.text().await.unwrap()).unwrap();
+    assert!(body["message"].as_str().unwrap().contains("rate limit exceeded"));
+    assert!(body["documentation_url"].as_str().unwrap().contains("rate-limits"));
+    assert_eq!(fake.requests_for("/repos/o/d"), 0, "no upstream call");
+    assert_eq!(gw.metric("ghgate_ratelimit_local_answers_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn below_the_reserve_stale_entries_are_served_instead_of_spending() {
+    let fake = fake_with(&["/repos/o/a", "/repos/o/b", "/repos/o/c", "/repos/o/d"]).await;
+    fake.set_max_age(1);
+    fake.set_limit(10);
+    let gw = start_gateway(&fake.url(), |s| s.limits.reserve_percent = 50.0).await;
+    gw.get("/repos/o/a", Some("a")).await;
+    for p in ["/repos/o/b", "/repos/o/c", "/repos/o/d"] {
+        gw.get(p, Some("a")).await;
+    }
+    // 4 of 10 used: 6 left, above the reserve of 5.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(outcome(&gw.get("/repos/o/a", Some("a")).await), "REVALIDATED");
+    let spend = gw
+        .client
+        .post(format!("{}/repos/o/x", gw.url))
+        .header("authorization", "token a")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(spend.status().is_success());
+    // 5 used: 5 left, at the reserve: reads of stale entries do not spend.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = fake.requests_for("/repos/o/b");
+    let r = gw.get("/repos/o/b", Some("a")).await;
+    assert_eq!((r.status().as_u16(), outcome(&r)), (200, "STALE".to_string()));
+    assert_eq!(fake.requests_for("/repos/o/b"), before);
+    assert!(gw.metric("ghgate_ratelimit_reserve_stale_total").await >= 1.0);
+    // Reads without an entry still go upstream.
+    fake.put("/repos/o/new", Resource::json("{}"));
+    assert_eq!(outcome(&gw.get("/repos/o/new", Some("a")).await), "MISS");
+}
+
+#[tokio::test]
+async fn each_protection_can_be_switched_off() {
+    let fake = fake_with(&["/repos/o/a", "/repos/o/b"]).await;
+    fake.set_limit(1);
+    let gw = start_gateway(&fake.url(), |s| {
+        s.limits.protect_budget = false;
+        s.limits.honor_secondary_limits = false;
+    })
+    .await;
+    assert_eq!(gw.get("/repos/o/a", Some("a")).await.status(), 200);
+    // Exhausted, but not protected: GitHub answers for itself.
+    assert_eq!(gw.get("/repos/o/b", Some("a")).await.status(), 403);
+    assert_eq!(fake.requests_for("/repos/o/b"), 1);
+    fake.secondary_next("retry-after:30");
+    gw.get("/repos/o/b", Some("c")).await;
+    assert_eq!(gw.get("/repos/o/b", Some("c")).await.status(), 200, "not held back");
+}
+
+#[tokio::test]
+async fn the_ledger_lists_every_identity_without_credentials() {
+    let fake = fake_with(&["/repos/o/a"]).await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    gw.get("/repos/o/a", Some("ghp_secret_one")).await;
+    gw.get("/repos/o/a", Some("ghp_secret_two")).await;
+    let text =
+        gw.client.get(format!("{}/ratelimits", gw.admin_url)).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("ghp_secret"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let lines = json["identities"].as_array().unwrap();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["resource"], "core");
+    assert_eq!(lines[0]["remaining"], 4999);
+    assert!(lines[0]["identity"].as_str().unwrap().starts_with("c-"));
+}
