@@ -34,7 +34,7 @@ declare -A RPS P50 P99 TRIPS
 for run in memory disk redis disk-cold redis-cold; do
   backend=${run%-cold}
   hot=$([ "$run" = "$backend" ] && echo 64MiB || echo 1)
-  env GHGATE_LOG__LEVEL=warn GHGATE_STORE__HOT_MAX_BYTES=$hot GHGATE_STORE__DATA_DIR="$work/data-$backend" GHGATE_STORE__BACKEND=$backend \
+  env GHGATE_INBOUND__LIMIT_ENABLED=false GHGATE_LOG__LEVEL=warn GHGATE_STORE__HOT_MAX_BYTES=$hot GHGATE_STORE__DATA_DIR="$work/data-$backend" GHGATE_STORE__BACKEND=$backend \
     GHGATE_STORE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
     target/release/ghgate serve --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
     --upstream "http://127.0.0.1:$UP_PORT" >"$work/gateway-$backend.log" 2>&1 &

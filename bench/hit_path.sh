@@ -28,7 +28,7 @@ trap cleanup EXIT
 
 target/release/examples/bench_upstream --port "$UP_PORT" --resources "$ENTRIES" >"$work/upstream.log" 2>&1 &
 UP_PID=$!
-env ${GATEWAY_ENV:-} GHGATE_LOG__LEVEL=warn GHGATE_STORE__DATA_DIR="$work/data" \
+env ${GATEWAY_ENV:-} GHGATE_INBOUND__LIMIT_ENABLED=false GHGATE_LOG__LEVEL=warn GHGATE_STORE__DATA_DIR="$work/data" \
   target/release/ghgate serve --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --upstream "http://127.0.0.1:$UP_PORT" >"$work/gateway.log" 2>&1 &
 GW_PID=$!

@@ -37,6 +37,10 @@ pub struct Settings {
     pub negative: NegativeSettings,
     /// Rate-limit governance.
     pub limits: LimitsSettings,
+    /// The inbound limiter.
+    pub inbound: InboundSettings,
+    /// CORS for browser clients.
+    pub cors: CorsSettings,
     /// GitHub Apps whose installation tokens the gateway mints (`[[apps]]`).
     pub apps: Vec<AppSettings>,
     /// Gateway clients that use those apps through a client key (`[[clients]]`).
@@ -56,6 +60,42 @@ pub struct LimitsSettings {
     /// How long to hold back when GitHub gave no `retry-after` (GitHub asks for at least 60 s).
     #[serde(with = "duration")]
     pub secondary_limit_wait: Duration,
+    /// At most this many requests of one identity upstream at once (GitHub allows 100); 0 = off.
+    pub max_concurrent_per_identity: usize,
+    /// Requests of one identity waiting for a slot beyond this many get a 503.
+    pub max_queued_per_identity: usize,
+    /// Space one identity's mutating requests at least this far apart (GitHub asks for about
+    /// 1 s); 0 = off.
+    #[serde(with = "duration")]
+    pub write_spacing: Duration,
+}
+
+/// `[inbound]`: the limiter in front of everything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundSettings {
+    /// Whether clients are rate-limited at all.
+    pub limit_enabled: bool,
+    /// Sustained requests per second per client (its credential, else its address).
+    pub requests_per_second: u32,
+    /// Requests a client may send at once above the sustained rate.
+    pub burst: u32,
+    /// Believe `CF-Connecting-IP` from trusted proxies (behind Cloudflare).
+    pub cf_connecting_ip: bool,
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        Self { limit_enabled: true, requests_per_second: 500, burst: 1000, cf_connecting_ip: false }
+    }
+}
+
+/// `[cors]`: which browser origins may call the gateway.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSettings {
+    /// Allowed origins (`https://app.example.com`, or `*`); empty turns CORS off.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for LimitsSettings {
@@ -65,6 +105,9 @@ impl Default for LimitsSettings {
             reserve_percent: 5.0,
             honor_secondary_limits: true,
             secondary_limit_wait: Duration::from_secs(60),
+            max_concurrent_per_identity: 50,
+            max_queued_per_identity: 200,
+            write_spacing: Duration::ZERO,
         }
     }
 }

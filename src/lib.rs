@@ -14,6 +14,7 @@ pub mod coalesce;
 pub mod config;
 pub mod github;
 pub mod identity;
+pub mod inbound;
 pub mod limits;
 pub mod negative;
 pub mod path_pattern;

@@ -229,3 +229,76 @@ pub fn stop_response(
     }
     response
 }
+
+/// Politeness per identity: at most so many requests upstream at once (others queue, up to a
+/// bound), and mutating requests spaced apart, as GitHub asks of integrations.
+pub struct Lanes {
+    lanes: moka::sync::Cache<Partition, std::sync::Arc<Lane>>,
+    max_concurrent: usize,
+    max_queued: usize,
+    spacing: Duration,
+}
+
+struct Lane {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+    next_write: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+/// The identity's queue is full.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueFull;
+
+impl Lanes {
+    /// Lanes with the configured bounds.
+    pub fn new(settings: &LimitsSettings) -> Lanes {
+        Lanes {
+            lanes: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            max_concurrent: settings.max_concurrent_per_identity,
+            max_queued: settings.max_queued_per_identity,
+            spacing: settings.write_spacing,
+        }
+    }
+
+    /// Waits for the identity's turn. The permit (if any) is held until the answer arrives.
+    pub async fn enter(
+        &self,
+        partition: &Partition,
+        mutating: bool,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, QueueFull> {
+        use std::sync::atomic::Ordering;
+        if self.max_concurrent == 0 && (self.spacing.is_zero() || !mutating) {
+            return Ok(None);
+        }
+        let permits = self.max_concurrent.max(1);
+        let lane = self.lanes.get_with(partition.clone(), || {
+            std::sync::Arc::new(Lane {
+                slots: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+                next_write: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            })
+        });
+        if mutating && !self.spacing.is_zero() {
+            // Writes of one identity queue here in order; only writes ever wait on this lock.
+            let mut next = lane.next_write.lock().await;
+            tokio::time::sleep_until(*next).await;
+            *next = tokio::time::Instant::now() + self.spacing;
+        }
+        if self.max_concurrent == 0 {
+            return Ok(None);
+        }
+        if let Ok(permit) = std::sync::Arc::clone(&lane.slots).try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        if lane.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
+            lane.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(QueueFull);
+        }
+        let permit = std::sync::Arc::clone(&lane.slots).acquire_owned().await;
+        lane.waiting.fetch_sub(1, Ordering::SeqCst);
+        Ok(permit.ok())
+    }
+}

@@ -30,7 +30,8 @@ use crate::coalesce::{Coalescer, Role};
 use crate::config::Settings;
 use crate::github;
 use crate::identity::{Partition, Partitioner};
-use crate::limits::{self, Admission, Budgets};
+use crate::inbound::{Cors, InboundLimiter};
+use crate::limits::{self, Admission, Budgets, Lanes};
 use crate::negative::{Candidate, NegativeCache, Verdict};
 use crate::rewrite;
 use crate::store::{self, ResponseCache, Stores};
@@ -64,6 +65,12 @@ pub struct Gateway {
     negative: Arc<NegativeCache>,
     /// The rate-limit ledger per identity and resource, and the holds after secondary limits.
     budgets: Budgets,
+    /// Per-identity concurrency and write spacing upstream.
+    lanes: Lanes,
+    /// The inbound limiter.
+    inbound: InboundLimiter,
+    /// CORS for browser clients.
+    cors: Cors,
     /// When an unsafe request last changed a path; entries older than that are stale.
     invalidated: moka::sync::Cache<String, SystemTime>,
     metrics: Arc<Metrics>,
@@ -192,6 +199,9 @@ impl Gateway {
             broker,
             negative,
             budgets: Budgets::new(settings.limits.clone()),
+            lanes: Lanes::new(&settings.limits),
+            inbound: InboundLimiter::new(&settings.inbound),
+            cors: Cors::new(&settings.cors),
             invalidated: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(settings.cache.retain_stale.max(Duration::from_secs(60)))
@@ -210,6 +220,11 @@ impl Gateway {
     /// The settings in force.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The inbound limiter.
+    pub fn inbound(&self) -> &InboundLimiter {
+        &self.inbound
     }
 
     /// The rate-limit ledger.
@@ -247,6 +262,33 @@ impl Gateway {
             self.metrics.bad_requests.increment(1);
             warn!(%peer, method = %parts.method, %message, "refused malformed request");
             let response = github::error_response(StatusCode::BAD_REQUEST, &message);
+            return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+        }
+        if self.cors.is_preflight(&parts.method, &parts.headers) {
+            let response = self.cors.preflight(&parts.headers);
+            return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+        }
+        // The inbound limiter keys on the client's credential, else its real address.
+        let client = if parts.headers.contains_key(http::header::AUTHORIZATION) {
+            format!("k:{}", self.partitioner.partition(&parts.headers))
+        } else {
+            let trusted = &self.settings.server.trusted_proxies;
+            let address = crate::inbound::client_address(
+                peer,
+                &parts.headers,
+                trusted,
+                self.settings.inbound.cf_connecting_ip,
+            );
+            format!("a:{address}")
+        };
+        if let Err(wait) = self.inbound.check(&client) {
+            self.metrics.inbound_limited.increment(1);
+            let mut response = github::error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ghgate: too many requests from this client; slow down and retry after the time given",
+            );
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
             return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
         }
         let mut parts = parts;
@@ -299,6 +341,7 @@ impl Gateway {
             rewrite::rewrite_headers(response.headers_mut(), &self.upstream_base, base);
         }
         response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(outcome.as_str()));
+        self.cors.apply(&parts.headers, response.headers_mut());
         let took = started.elapsed();
         self.metrics.answered(outcome, took);
         debug!(
@@ -898,6 +941,17 @@ impl Gateway {
         mut body: SendBody,
         prior: Option<&CachedResponse>,
     ) -> Result<(reqwest::Response, Option<u64>), SendError> {
+        // Politeness: this identity's turn (held until the answer's headers arrive).
+        let _turn = match self.lanes.enter(&caller.partition, is_unsafe(&method)).await {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.metrics.queue_overflows.increment(1);
+                return Err(SendError::Broker(crate::app_auth::Rejection {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "ghgate: too many requests of this identity are already waiting for GitHub; retry shortly".into(),
+                }));
+            }
+        };
         let UpstreamAuth::App(auth) = &caller.auth else {
             let (body, _) = body.take();
             let result = self.upstream.send(method, url, headers, body).await;

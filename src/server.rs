@@ -97,6 +97,7 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
             tokio::select! {
                 _ = tick.tick() => {
                     upkeep_gateway.responses().maintain().await;
+                    upkeep_gateway.inbound().retain_recent();
                     record_store_gauges(&upkeep_gateway);
                     upkeep_gateway.metrics().run_upkeep();
                 }

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub local_limit_answers: Counter,
     /// `ghgate_ratelimit_blocked_identities`: identities held back after a secondary limit.
     pub blocked_identities: Gauge,
+    /// `ghgate_inbound_limited_total`: requests refused by the inbound limiter.
+    pub inbound_limited: Counter,
+    /// `ghgate_upstream_queue_overflows_total`: requests refused because their identity's queue was full.
+    pub queue_overflows: Counter,
     /// `ghgate_negative_canaries_total`: all rules' canaries together, for one alert.
     pub negative_canaries: Counter,
     /// The GitHub App broker's metrics.
@@ -236,6 +240,14 @@ impl Metrics {
             local_limit_answers: counter(
                 "ghgate_ratelimit_local_answers_total",
                 "Requests answered locally because the budget was exhausted or the identity held back.",
+            ),
+            inbound_limited: counter(
+                "ghgate_inbound_limited_total",
+                "Requests refused with 429 by the inbound limiter.",
+            ),
+            queue_overflows: counter(
+                "ghgate_upstream_queue_overflows_total",
+                "Requests refused with 503 because their identity already had the most requests waiting.",
             ),
             blocked_identities: gauge(
                 "ghgate_ratelimit_blocked_identities",
