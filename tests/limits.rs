@@ -176,3 +176,140 @@ async fn the_ledger_lists_every_identity_without_credentials() {
     assert_eq!(lines[0]["remaining"], 4999);
     assert!(lines[0]["identity"].as_str().unwrap().starts_with("c-"));
 }
+
+#[tokio::test]
+async fn mutating_requests_of_one_identity_are_spaced_apart() {
+    let fake = fake_with(&[]).await;
+    let gw = start_gateway(&fake.url(), |s| s.limits.write_spacing = Duration::from_secs(1)).await;
+    let post = |n: u32| {
+        gw.client
+            .post(format!("{}/repos/o/r/issues", gw.url))
+            .header("authorization", "token w")
+            .body(format!("{{\"n\":{n}}}"))
+            .send()
+    };
+    let (a, b) = tokio::join!(post(1), post(2));
+    assert!(a.unwrap().status().is_success() && b.unwrap().status().is_success());
+    let times = fake.request_times("w");
+    assert_eq!(times.len(), 2);
+    let gap = times[1].duration_since(times[0]);
+    assert!(gap >= Duration::from_millis(990), "writes {gap:?} apart");
+    // Reads are not spaced.
+    let started = Instant::now();
+    gw.get("/repos/o/r", Some("w")).await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn an_identity_over_its_concurrency_cap_queues_and_a_full_queue_gets_a_503() {
+    let fake = fake_with(&["/repos/o/a", "/repos/o/b", "/repos/o/c"]).await;
+    fake.set_delay(Duration::from_millis(400));
+    let gw = start_gateway(&fake.url(), |s| {
+        s.limits.max_concurrent_per_identity = 1;
+        s.limits.max_queued_per_identity = 1;
+    })
+    .await;
+    let (a, b, c) = tokio::join!(
+        gw.get("/repos/o/a", Some("q")),
+        gw.get("/repos/o/b", Some("q")),
+        gw.get("/repos/o/c", Some("q"))
+    );
+    let mut statuses = vec![a.status().as_u16(), b.status().as_u16(), c.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 503]);
+    assert_eq!(fake.requests(), 2);
+    assert!(gw.metric("ghgate_upstream_queue_overflows_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn the_inbound_limiter_keys_on_forwarded_clients_only_behind_trusted_proxies() {
+    let fake = fake_with(&["/zen"]).await;
+    let limited = |trusted: bool| {
+        move |s: &mut ghgate::config::Settings| {
+            s.inbound.requests_per_second = 1;
+            s.inbound.burst = 1;
+            if trusted {
+                s.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+            }
+        }
+    };
+    let get_as = |gw: &support::TestGateway, forwarded_for: &str| {
+        gw.client.get(format!("{}/zen", gw.url)).header("x-forwarded-for", forwarded_for.to_string()).send()
+    };
+    let behind_proxy = start_gateway(&fake.url(), limited(true)).await;
+    assert_eq!(get_as(&behind_proxy, "203.0.113.1").await.unwrap().status(), 200);
+    let second = get_as(&behind_proxy, "203.0.113.1").await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert!(second.headers().contains_key("retry-after"));
+    assert_eq!(
+        get_as(&behind_proxy, "203.0.113.2").await.unwrap().status(),
+        200,
+        "another client has its own bucket"
+    );
+
+    // From an untrusted peer the header is ignored: forging it does not buy a new bucket.
+    let direct = start_gateway(&fake.url(), limited(false)).await;
+    assert_eq!(get_as(&direct, "203.0.113.1").await.unwrap().status(), 200);
+    assert_eq!(get_as(&direct, "203.0.113.99").await.unwrap().status(), 429);
+
+    // Switched off, nobody is limited.
+    let off = start_gateway(&fake.url(), |s| {
+        limited(false)(s);
+        s.inbound.limit_enabled = false;
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get_as(&off, "203.0.113.1").await.unwrap().status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn gateway_errors_and_429s_carry_cors_headers_and_preflights_are_answered() {
+    let fake = fake_with(&["/zen"]).await;
+    let gw = start_gateway(&fake.url(), |s| {
+        s.cors.allowed_origins = vec!["https://app.example.com".into()];
+        s.inbound.requests_per_second = 1;
+        s.inbound.burst = 1;
+        s.apps.clear();
+    })
+    .await;
+    let from_app = |method: reqwest::Method, path: &str| {
+        gw.client.request(method, format!("{}{path}", gw.url)).header("origin", "https://app.example.com")
+    };
+    let ok = from_app(reqwest::Method::GET, "/zen").send().await.unwrap();
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert!(ok.headers()["access-control-expose-headers"].to_str().unwrap().contains("x-ghgate-cache"));
+    let limited = from_app(reqwest::Method::GET, "/zen").send().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["access-control-allow-origin"], "https://app.example.com");
+    // A 401 made by the gateway (an unknown client key) carries them too.
+    let unauthorized = from_app(reqwest::Method::GET, "/zen")
+        .header("authorization", "Bearer ghgate_unknown_client_key_000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    assert_eq!(unauthorized.headers()["access-control-allow-origin"], "https://app.example.com");
+    // Preflights are answered by the gateway, not sent upstream.
+    let preflight = from_app(reqwest::Method::OPTIONS, "/repos/o/r/issues")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, content-type")
+        .header("authorization", "token other-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-headers"], "authorization, content-type");
+    assert!(preflight.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    // Other origins get no CORS headers.
+    let other = gw
+        .client
+        .get(format!("{}/zen", gw.url))
+        .header("origin", "https://evil.example")
+        .header("authorization", "token x")
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    assert_eq!(fake.log().iter().filter(|(m, _, _)| m == "OPTIONS").count(), 0);
+}
