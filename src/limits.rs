@@ -44,9 +44,11 @@ struct Block {
     status: StatusCode,
 }
 
-/// The ledger and the blocks.
+/// The ledger and the blocks. With a shared store (Redis) both are written through to it, so
+/// every replica sees an identity's budget and its holds.
 pub struct Budgets {
     settings: LimitsSettings,
+    shared: Option<std::sync::Arc<dyn crate::store::Store>>,
     ledger: moka::sync::Cache<(Partition, String), RateLimit>,
     blocked: moka::sync::Cache<Partition, Block>,
 }
@@ -76,9 +78,10 @@ fn epoch(t: SystemTime) -> u64 {
 
 impl Budgets {
     /// An empty ledger.
-    pub fn new(settings: LimitsSettings) -> Budgets {
+    pub fn new(settings: LimitsSettings, store: Option<std::sync::Arc<dyn crate::store::Store>>) -> Budgets {
         Budgets {
             settings,
+            shared: store.filter(|s| s.is_shared()),
             ledger: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(2 * 3600))
@@ -105,6 +108,7 @@ impl Budgets {
     /// a block after a secondary limit (403/429 with `retry-after`, or a 429 without one).
     pub fn record(&self, partition: &Partition, status: StatusCode, headers: &HeaderMap) {
         if let Some(limit) = RateLimit::from_headers(headers) {
+            self.share_line(partition, &limit);
             self.ledger.insert((partition.clone(), limit.resource.clone()), limit);
         }
         if !self.settings.honor_secondary_limits {
@@ -142,6 +146,60 @@ impl Budgets {
         if longer {
             tracing::warn!(identity = %partition, wait_secs = wait.as_secs(), "secondary rate limit: holding this identity back");
             self.blocked.insert(partition.clone(), Block { until, status });
+            if let Some(store) = self.shared.clone() {
+                let key = format!("b:{partition}");
+                let value = crate::store::frame(&status.as_u16().to_be_bytes(), until);
+                tokio::spawn(async move {
+                    let _ = store.put(&key, value, wait).await;
+                });
+            }
+        }
+    }
+
+    /// Writes a ledger line through to the shared store (in the background: it never delays
+    /// the answer), kept until shortly after the window resets.
+    fn share_line(&self, partition: &Partition, limit: &RateLimit) {
+        let Some(store) = self.shared.clone() else { return };
+        let reset = UNIX_EPOCH + Duration::from_secs(limit.reset);
+        let ttl = reset.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_secs(60);
+        let key = format!("l:{partition}:{}", limit.resource);
+        let payload =
+            format!("{} {} {} {} {}", limit.limit, limit.remaining, limit.used, limit.reset, limit.resource);
+        let value = crate::store::frame(payload.as_bytes(), SystemTime::now() + ttl);
+        tokio::spawn(async move {
+            let _ = store.put(&key, value, ttl).await;
+        });
+    }
+
+    /// Brings in what other replicas learnt about an identity: its hold and its ledger line
+    /// for `resource` (two reads, only for requests about to go upstream). Store failures
+    /// are ignored: the local view stands.
+    pub async fn refresh(&self, partition: &Partition, resource: &str) {
+        let Some(store) = &self.shared else { return };
+        if let Ok(Some(framed)) = store.get(&format!("b:{partition}")).await {
+            if let Ok((until, payload)) = crate::store::unframe(&framed) {
+                let status = payload
+                    .try_into()
+                    .map(u16::from_be_bytes)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok());
+                if let Some(status) = status {
+                    if until > SystemTime::now()
+                        && self.blocked.get(partition).is_none_or(|b| b.until < until)
+                    {
+                        self.blocked.insert(partition.clone(), Block { until, status });
+                    }
+                }
+            }
+        }
+        if let Ok(Some(framed)) = store.get(&format!("l:{partition}:{resource}")).await {
+            if let Some(line) = crate::store::unframe(&framed).ok().and_then(|(_, p)| parse_line(p)) {
+                let key = (partition.clone(), resource.to_string());
+                let newer = self.ledger.get(&key).is_none_or(|l| (line.reset, line.used) > (l.reset, l.used));
+                if newer {
+                    self.ledger.insert(key, line);
+                }
+            }
         }
     }
 
@@ -183,8 +241,20 @@ impl Budgets {
         self.ledger.get(&(partition.clone(), resource.to_string()))
     }
 
-    /// The whole ledger, for `GET /ratelimits`.
-    pub fn lines(&self) -> Vec<LedgerLine> {
+    /// The whole ledger, for `GET /ratelimits` (with a shared store, every replica's).
+    pub async fn lines(&self) -> Vec<LedgerLine> {
+        if let Some(store) = &self.shared {
+            if let Ok(keys) = store.keys_with_prefix("l:").await {
+                for key in keys.into_iter().take(10_000) {
+                    let Some((partition, resource)) = key.strip_prefix("l:").and_then(|k| k.rsplit_once(':'))
+                    else {
+                        continue;
+                    };
+                    let partition = Partition::from_safe_id(partition.to_string());
+                    self.refresh(&partition, resource).await;
+                }
+            }
+        }
         let now = SystemTime::now();
         let mut lines: Vec<LedgerLine> = self
             .ledger
@@ -208,6 +278,18 @@ impl Budgets {
         let now = SystemTime::now();
         self.blocked.iter().filter(|(_, b)| b.until > now).count()
     }
+}
+
+fn parse_line(payload: &[u8]) -> Option<RateLimit> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split(' ');
+    Some(RateLimit {
+        limit: parts.next()?.parse().ok()?,
+        remaining: parts.next()?.parse().ok()?,
+        used: parts.next()?.parse().ok()?,
+        reset: parts.next()?.parse().ok()?,
+        resource: parts.next()?.to_string(),
+    })
 }
 
 /// The local answer for [`Admission::Stop`]: GitHub's shape, `retry-after`, and the

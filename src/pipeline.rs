@@ -198,7 +198,7 @@ impl Gateway {
             fills: Coalescer::default(),
             broker,
             negative,
-            budgets: Budgets::new(settings.limits.clone()),
+            budgets: Budgets::new(settings.limits.clone(), stores.backend.clone()),
             lanes: Lanes::new(&settings.limits),
             inbound: InboundLimiter::new(&settings.inbound),
             cors: Cors::new(&settings.cors),
@@ -401,7 +401,9 @@ impl Gateway {
         }
 
         // Guard the budget: below the reserve, or while held back, a stale entry beats spending.
-        match self.budgets.admit(partition, Budgets::resource_of_path(parts.uri.path())) {
+        let resource = Budgets::resource_of_path(parts.uri.path());
+        self.budgets.refresh(partition, resource).await;
+        match self.budgets.admit(partition, resource) {
             Admission::Go => {}
             Admission::Reserve => {
                 if let Some(entry) = &entry {
@@ -809,6 +811,7 @@ impl Gateway {
             }
         }
         let resource = Budgets::resource_of_path(parts.uri.path());
+        self.budgets.refresh(&caller.partition, resource).await;
         if let Admission::Stop { until, status, message, limit } =
             self.budgets.admit(&caller.partition, resource)
         {

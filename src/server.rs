@@ -160,7 +160,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
 /// `GET /ratelimits`: every identity's budget as GitHub last reported it (identities are
 /// partition ids, never credentials), lowest remaining first.
 async fn ratelimits(State(gateway): State<Arc<Gateway>>) -> Response {
-    axum::Json(serde_json::json!({ "identities": gateway.budgets().lines() })).into_response()
+    axum::Json(serde_json::json!({ "identities": gateway.budgets().lines().await })).into_response()
 }
 
 fn record_store_gauges(gateway: &Gateway) {

@@ -313,3 +313,31 @@ async fn gateway_errors_and_429s_carry_cors_headers_and_preflights_are_answered(
     assert!(!other.headers().contains_key("access-control-allow-origin"));
     assert_eq!(fake.log().iter().filter(|(m, _, _)| m == "OPTIONS").count(), 0);
 }
+
+#[tokio::test]
+async fn replicas_on_redis_share_holds_and_the_ledger() {
+    let redis = support::RedisServer::start();
+    let fake = fake_with(&["/repos/o/a", "/repos/o/b"]).await;
+    let url = redis.url();
+    let shared = move |s: &mut ghgate::config::Settings| {
+        s.store.backend = ghgate::config::StoreBackend::Redis;
+        s.store.redis_url = Some(url.clone());
+    };
+    let a = start_gateway(&fake.url(), &shared).await;
+    let b = start_gateway(&fake.url(), &shared).await;
+    fake.secondary_next("retry-after:5");
+    assert_eq!(a.get("/repos/o/a", Some("s")).await.status(), 403);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let on_b = b.get("/repos/o/b", Some("s")).await;
+    assert_eq!((on_b.status().as_u16(), outcome(&on_b)), (403, "NEGATIVE".to_string()), "B holds back too");
+    assert_eq!(fake.requests_for("/repos/o/b"), 0);
+
+    assert_eq!(a.get("/repos/o/b", Some("other")).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text =
+        b.client.get(format!("{}/ratelimits", b.admin_url)).send().await.unwrap().text().await.unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let lines = json["identities"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "B lists what A learnt: {text}");
+    assert!(lines.iter().any(|l| l["blocked_until"].is_u64()), "{text}");
+}

@@ -24,6 +24,9 @@ use super::{Health, Store, StoreError};
 use crate::config::StoreSettings;
 use crate::telemetry::Metrics;
 
+/// How long commands fail at once after a failure, before one probes Redis again.
+const FAIL_FAST: Duration = Duration::from_millis(500);
+
 /// Deletes a lock only if it still holds our fence (another holder's lock is left alone).
 const UNLOCK: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -35,6 +38,9 @@ pub struct RedisStore {
     timeout: Duration,
     url_for_logs: String,
     healthy: AtomicBool,
+    /// When a command last failed: while Redis is failing, commands fail at once for
+    /// `FAIL_FAST` instead of each waiting out the timeout (one probe gets through per period).
+    last_failure: Mutex<Option<Instant>>,
     last_warning: Mutex<Option<Instant>>,
     unlock: redis::Script,
     metrics: Arc<Metrics>,
@@ -59,6 +65,7 @@ impl RedisStore {
             timeout: settings.redis_timeout,
             url_for_logs: redact_url(url),
             healthy: AtomicBool::new(true),
+            last_failure: Mutex::new(None),
             last_warning: Mutex::new(None),
             unlock: redis::Script::new(UNLOCK),
             metrics,
@@ -69,8 +76,28 @@ impl RedisStore {
         format!("{}{key}", self.prefix)
     }
 
+    /// Whether to skip Redis for now (it failed within `FAIL_FAST`); lets one caller per
+    /// period through as a probe.
+    fn failing_fast(&self) -> bool {
+        if self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut last = self.last_failure.lock().expect("failure clock poisoned");
+        match *last {
+            Some(t) if t.elapsed() < FAIL_FAST => true,
+            _ => {
+                // This caller probes; the others keep failing fast until it reports.
+                *last = Some(Instant::now());
+                false
+            }
+        }
+    }
+
     /// Runs one command with the timeout, recording health.
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        if self.failing_fast() {
+            return Err(StoreError("Redis is failing; skipped".into()));
+        }
         let mut connection = self.connection.clone();
         let result = tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut connection)).await;
         self.settle(result)
@@ -91,6 +118,7 @@ impl RedisStore {
             Err(_) => format!("no answer within {:?}", self.timeout),
         };
         self.healthy.store(false, Ordering::Relaxed);
+        *self.last_failure.lock().expect("failure clock poisoned") = Some(Instant::now());
         self.metrics.store_errors.increment(1);
         let mut last = self.last_warning.lock().expect("warning clock poisoned");
         if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -194,6 +222,9 @@ impl Store for RedisStore {
 
     fn unlock<'a>(&'a self, key: &'a str, fence: u64) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
+            if self.failing_fast() {
+                return Err(StoreError("Redis is failing; skipped".into()));
+            }
             let mut connection = self.connection.clone();
             let mut invocation = self.unlock.key(self.key(key));
             invocation.arg(fence.to_string());
