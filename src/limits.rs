@@ -273,6 +273,29 @@ impl Budgets {
         lines
     }
 
+    /// How many identities are in each state, per resource: `ok`, `reserve` (at or below the
+    /// reserve) and `exhausted` — gauges with a bounded number of series, however many
+    /// identities there are.
+    pub fn census(&self) -> Vec<(String, &'static str, u64)> {
+        let now = SystemTime::now();
+        let mut counts: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+        for (_, l) in self.ledger.iter() {
+            if l.is_expired(now) || l.limit == 0 {
+                continue;
+            }
+            let reserve = (l.limit as f64 * self.settings.reserve_percent / 100.0).ceil() as u64;
+            let state = if l.remaining == 0 {
+                "exhausted"
+            } else if l.remaining <= reserve {
+                "reserve"
+            } else {
+                "ok"
+            };
+            *counts.entry((l.resource.clone(), state)).or_default() += 1;
+        }
+        counts.into_iter().map(|((r, s), n)| (r, s, n)).collect()
+    }
+
     /// Identities currently held back after a secondary limit.
     pub fn blocked_count(&self) -> usize {
         let now = SystemTime::now();

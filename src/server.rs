@@ -166,6 +166,14 @@ async fn ratelimits(State(gateway): State<Arc<Gateway>>) -> Response {
 fn record_store_gauges(gateway: &Gateway) {
     let m = gateway.metrics();
     m.blocked_identities.set(gateway.budgets().blocked_count() as f64);
+    // Every (resource, state) series seen is set each time, zero when no identity is in it.
+    let census = gateway.budgets().census();
+    for resource in census.iter().map(|(r, _, _)| r.clone()).collect::<std::collections::BTreeSet<_>>() {
+        for state in ["ok", "reserve", "exhausted"] {
+            let n = census.iter().find(|(r, s, _)| *r == resource && *s == state).map_or(0, |(_, _, n)| *n);
+            m.identities_gauge(&resource, state).set(n as f64);
+        }
+    }
     let responses = gateway.responses();
     m.store_bytes.set(responses.size_bytes() as f64);
     m.store_entries.set(responses.entry_count() as f64);

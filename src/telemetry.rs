@@ -122,6 +122,11 @@ impl Metrics {
             r.register_gauge(&Key::from_name(name), &METADATA)
         };
         r.describe_counter("ghgate_requests_total".into(), None, "Proxied requests by cache outcome.".into());
+        r.describe_gauge(
+            "ghgate_ratelimit_identities".into(),
+            None,
+            "Identities by resource and budget state (ok, reserve, exhausted).".into(),
+        );
         r.describe_counter(
             "ghgate_negative_stored_total".into(),
             None,
@@ -264,6 +269,24 @@ impl Metrics {
             handle,
         };
         Arc::new(metrics)
+    }
+
+    /// `ghgate_ratelimit_identities{resource, state}`: identities per budget state. Resources
+    /// are GitHub's few (`core`, `search`, ...), states three, so the series stay bounded.
+    pub fn identities_gauge(&self, resource: &str, state: &'static str) -> Gauge {
+        let resource =
+            if resource.len() <= 32 && resource.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                resource.to_string()
+            } else {
+                "other".to_string()
+            };
+        self.recorder.register_gauge(
+            &Key::from_parts(
+                "ghgate_ratelimit_identities",
+                vec![Label::new("resource", resource), Label::new("state", state)],
+            ),
+            &METADATA,
+        )
     }
 
     /// Registers a counter with one label (for sets known at start-up, such as rule names).

@@ -175,6 +175,14 @@ async fn the_ledger_lists_every_identity_without_credentials() {
     assert_eq!(lines[0]["resource"], "core");
     assert_eq!(lines[0]["remaining"], 4999);
     assert!(lines[0]["identity"].as_str().unwrap().starts_with("c-"));
+    // Metrics count identities per state, never list them.
+    let m = gw.metrics().await;
+    assert_eq!(
+        support::metric_value(&m, "ghgate_ratelimit_identities{resource=\"core\",state=\"ok\"}"),
+        2.0,
+        "{m}"
+    );
+    assert!(!m.contains("c-"), "no identity in metric labels");
 }
 
 #[tokio::test]
