@@ -275,6 +275,13 @@ impl Store for RedisStore {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn tls_urls_are_accepted() {
+        let settings =
+            StoreSettings { redis_url: Some("rediss://cache.example:6380".into()), ..Default::default() };
+        assert!(RedisStore::connect(&settings, Metrics::new()).is_ok(), "this build speaks TLS to Redis");
+    }
+
     #[test]
     fn credentials_are_removed_from_urls_for_logs() {
         assert_eq!(redact_url("redis://user:hunter2@cache:6379/0"), "redis://cache:6379/0");
