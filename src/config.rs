@@ -41,6 +41,8 @@ pub struct Settings {
     pub inbound: InboundSettings,
     /// CORS for browser clients.
     pub cors: CorsSettings,
+    /// The webhook receiver.
+    pub webhooks: WebhookSettings,
     /// GitHub Apps whose installation tokens the gateway mints (`[[apps]]`).
     pub apps: Vec<AppSettings>,
     /// Gateway clients that use those apps through a client key (`[[clients]]`).
@@ -88,6 +90,28 @@ impl Default for InboundSettings {
     fn default() -> Self {
         Self { limit_enabled: true, requests_per_second: 500, burst: 1000, cf_connecting_ip: false }
     }
+}
+
+/// `[webhooks]`: the receiver at `POST /_ghgate/webhook` on the proxy listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// The webhook secrets (several during a rotation); none turns the receiver off.
+    #[serde(serialize_with = "ser_redacted_list")]
+    pub secrets: Vec<String>,
+    /// Deliveries larger than this are refused with 413 (GitHub caps payloads at 25 MB).
+    #[serde(with = "size")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self { secrets: Vec::new(), max_body_bytes: 25 * 1024 * 1024 }
+    }
+}
+
+fn ser_redacted_list<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|_| "<redacted>"))
 }
 
 /// `[cors]`: which browser origins may call the gateway.

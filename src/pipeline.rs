@@ -258,6 +258,10 @@ impl Gateway {
             peer.ip(),
             &self.settings.server.trusted_proxies,
         );
+        if parts.uri.path() == crate::webhook::PATH && parts.method == Method::POST {
+            let response = self.receive_webhook(&parts, body).await;
+            return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+        }
         if let Err(message) = check_request(&parts) {
             self.metrics.bad_requests.increment(1);
             warn!(%peer, method = %parts.method, %message, "refused malformed request");
@@ -382,7 +386,7 @@ impl Gateway {
             }
         };
         if let Some(entry) = &entry {
-            let invalidated = self.invalidated.get(&entry.path_key).is_some_and(|t| t >= entry.response_time);
+            let invalidated = self.is_marked_stale(entry);
             if !invalidated && !client_wants_revalidation(&parts.headers) {
                 if entry.is_fresh(now) {
                     return (self.entry_response(entry, partition, &parts.headers, head, now), Outcome::Hit);
@@ -914,6 +918,91 @@ impl Gateway {
             self.invalidate_after_unsafe(parts.uri.path(), response.headers());
         }
         streamed_response(Streamed { response, prefix: Vec::new() }, parts.method == Method::HEAD)
+    }
+
+    /// Whether something changed an entry after it was fetched: a write to its path, or a
+    /// webhook about its repository or owner.
+    fn is_marked_stale(&self, entry: &CachedResponse) -> bool {
+        let after = |key: &str| self.invalidated.get(key).is_some_and(|t| t >= entry.response_time);
+        if after(&entry.path_key) {
+            return true;
+        }
+        match crate::webhook::tags_of(&entry.path_key) {
+            (Some(owner), repo) => {
+                after(&format!("owner:{owner}")) || repo.is_some_and(|r| after(&format!("repo:{owner}/{r}")))
+            }
+            _ => false,
+        }
+    }
+
+    /// `POST /_ghgate/webhook`: checks the signature and size, answers 202 at once, and applies
+    /// what the delivery says changed afterwards.
+    async fn receive_webhook(self: &Arc<Self>, parts: &Parts, body: Body) -> Response {
+        let settings = &self.settings.webhooks;
+        if settings.secrets.is_empty() {
+            return github::error_response(
+                StatusCode::NOT_FOUND,
+                "ghgate: the webhook receiver is not configured (webhooks.secrets)",
+            );
+        }
+        let cap = settings.max_body_bytes;
+        if declared_length(&parts.headers).is_some_and(|len| len > cap) {
+            self.metrics.webhook("too_large").increment(1);
+            return github::error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "ghgate: webhook delivery too large",
+            );
+        }
+        let Ok(bytes) = axum::body::to_bytes(body, cap as usize).await else {
+            self.metrics.webhook("too_large").increment(1);
+            return github::error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "ghgate: webhook delivery too large",
+            );
+        };
+        if !crate::webhook::verify(&settings.secrets, &bytes, parts.headers.get("x-hub-signature-256")) {
+            self.metrics.webhook("bad_signature").increment(1);
+            warn!("refused a webhook delivery with a missing or bad signature");
+            return github::error_response(
+                StatusCode::UNAUTHORIZED,
+                "ghgate: missing or bad X-Hub-Signature-256",
+            );
+        }
+        self.metrics.webhook("accepted").increment(1);
+        let event =
+            parts.headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let payload: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            for effect in crate::webhook::effects(&event, &payload) {
+                me.apply_webhook(effect).await;
+            }
+        });
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::ACCEPTED;
+        response
+    }
+
+    async fn apply_webhook(&self, effect: crate::webhook::Effect) {
+        use crate::webhook::Effect;
+        let now = SystemTime::now();
+        self.metrics.invalidations.increment(1);
+        match effect {
+            Effect::Repo { owner, repo } => {
+                self.invalidated.insert(format!("repo:{owner}/{repo}"), now);
+                let _ =
+                    self.negative.clear(Some(crate::negative::NOT_FOUND), Some(&owner), Some(&repo)).await;
+            }
+            Effect::Owner(owner) => {
+                self.invalidated.insert(format!("owner:{owner}"), now);
+                let _ = self.negative.clear(Some(crate::negative::NOT_FOUND), Some(&owner), None).await;
+                let _ =
+                    self.negative.clear(Some(crate::negative::APP_NOT_INSTALLED), Some(&owner), None).await;
+            }
+            Effect::Installation { id, account } => {
+                self.broker.forget_installation(id, account.as_deref()).await
+            }
+        }
     }
 
     /// RFC 9111 §4.4: a successful unsafe request makes the stored answers for its target

@@ -289,6 +289,12 @@ impl Metrics {
         )
     }
 
+    /// `ghgate_webhooks_total{result}`: deliveries by result (`accepted`, `bad_signature`,
+    /// `too_large`).
+    pub fn webhook(&self, result: &'static str) -> Counter {
+        self.labelled_counter("ghgate_webhooks_total", "result", result)
+    }
+
     /// Registers a counter with one label (for sets known at start-up, such as rule names).
     pub fn labelled_counter(&self, name: &'static str, label: &'static str, value: &str) -> Counter {
         self.recorder

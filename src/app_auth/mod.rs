@@ -267,6 +267,8 @@ pub struct Broker {
     sealer: Arc<Sealer>,
     hold: Duration,
     settings_wait: Duration,
+    /// Every configured app's name (for forgetting an installation in the store).
+    app_names: Vec<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -462,6 +464,7 @@ impl Broker {
             tokens: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .expire_after(TokenExpiry { buffer: b.token_refresh_buffer })
+                .support_invalidation_closures()
                 .build(),
             mints: Coalescer::default(),
             forced_remints: moka::sync::Cache::builder()
@@ -470,6 +473,7 @@ impl Broker {
                 .build(),
             backend,
             negative,
+            app_names: settings.apps.iter().map(|a| a.name.clone()).collect(),
             sealer: Arc::new(sealer),
             hold: settings.upstream.timeout + Duration::from_secs(2),
             settings_wait: settings.store.lock_wait,
@@ -800,6 +804,44 @@ impl Broker {
             found_ttl: self.settings.installation_ttl,
             negative: Arc::clone(&self.negative),
         }
+    }
+
+    /// An installation changed (deleted, suspended, repositories added or removed): forget its
+    /// tokens and the look-ups that led to it, here and in the store, and what was remembered
+    /// as "not installed" for its account.
+    pub async fn forget_installation(&self, id: u64, account: Option<&str>) {
+        let _ = self.tokens.invalidate_entries_if(move |key, _| key.installation == id);
+        let _ = self
+            .installations
+            .invalidate_entries_if(move |_, v| matches!(v, Lookup::Found(found) if *found == id));
+        if let Some(account) = account {
+            let account = account.to_ascii_lowercase();
+            let owner_key = format!("owner:{account}");
+            let repo_prefix = format!("repo:{account}/");
+            let _ = self
+                .installations
+                .invalidate_entries_if(move |key, _| key.1 == owner_key || key.1.starts_with(&repo_prefix));
+            let _ = self.negative.clear(Some(crate::negative::APP_NOT_INSTALLED), Some(&account), None).await;
+        }
+        if let Some(backend) = &self.backend {
+            for app in &self.app_names {
+                let mut keys = backend.keys_with_prefix(&format!("t:{app}:{id}:")).await.unwrap_or_default();
+                if let Some(account) = account {
+                    let account = account.to_ascii_lowercase();
+                    keys.push(format!("i:{app}:owner:{account}"));
+                    keys.extend(
+                        backend
+                            .keys_with_prefix(&format!("i:{app}:repo:{account}/"))
+                            .await
+                            .unwrap_or_default(),
+                    );
+                }
+                for key in keys {
+                    let _ = backend.remove(&key).await;
+                }
+            }
+        }
+        info!(installation = id, "installation changed: its tokens and look-ups are forgotten");
     }
 
     /// Whether a fresh token is still inside its settle window.

@@ -1,0 +1,132 @@
+//! Webhook-driven freshness: signed deliveries in GitHub's payload shapes (tests/data/webhooks)
+//! mark exactly the entries they concern stale, and installation events drop tokens.
+
+mod support;
+
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use support::app::{add_app, client, fake_with_app, get_with_key};
+use support::{FakeGitHub, Resource, TestGateway, outcome, start_gateway};
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn payload(name: &str) -> Vec<u8> {
+    std::fs::read(support::app::data(&format!("webhooks/{name}.json"))).unwrap()
+}
+
+fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(
+    gw: &TestGateway,
+    event: &str,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> reqwest::Response {
+    let mut r = gw
+        .client
+        .post(format!("{}/_ghgate/webhook", gw.url))
+        .header("x-github-event", event)
+        .header("content-type", "application/json");
+    if let Some(s) = signature {
+        r = r.header("x-hub-signature-256", s);
+    }
+    r.body(body).send().await.unwrap()
+}
+
+fn with_webhooks(s: &mut ghgate::config::Settings) {
+    s.webhooks.secrets = vec!["an-older-secret".into(), SECRET.into()];
+    s.webhooks.max_body_bytes = 64 * 1024;
+}
+
+#[tokio::test]
+async fn a_signed_push_marks_its_repository_stale_and_nothing_else() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json(r#"{"v":1}"#));
+    fake.put("/repos/octo/hello/branches", Resource::json("[]"));
+    fake.put("/repos/octo/other", Resource::json(r#"{"other":1}"#));
+    let gw = start_gateway(&fake.url(), with_webhooks).await;
+    for p in ["/repos/octo/hello", "/repos/octo/hello/branches", "/repos/octo/other"] {
+        assert_eq!(outcome(&gw.get(p, Some("t")).await), "MISS");
+        assert_eq!(outcome(&gw.get(p, Some("t")).await), "HIT");
+    }
+    let body = payload("push");
+    let r = deliver(&gw, "push", body.clone(), Some(signature(SECRET, &body))).await;
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Unchanged data: revalidated for free. Changed data: refetched.
+    assert_eq!(outcome(&gw.get("/repos/octo/hello/branches", Some("t")).await), "REVALIDATED");
+    fake.change("/repos/octo/hello", r#"{"v":2}"#);
+    let changed = gw.get("/repos/octo/hello", Some("t")).await;
+    assert_eq!(outcome(&changed), "MISS");
+    assert_eq!(changed.text().await.unwrap(), r#"{"v":2}"#);
+    assert_eq!(outcome(&gw.get("/repos/octo/other", Some("t")).await), "HIT", "another repository stays");
+    assert_eq!(gw.metric("ghgate_webhooks_total{result=\"accepted\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn bad_missing_or_oversized_deliveries_are_refused_without_touching_the_cache() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), with_webhooks).await;
+    gw.get("/repos/octo/hello", Some("t")).await;
+    let body = payload("push");
+    assert_eq!(deliver(&gw, "push", body.clone(), Some(signature("wrong", &body))).await.status(), 401);
+    assert_eq!(deliver(&gw, "push", body.clone(), None).await.status(), 401);
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    assert_eq!(deliver(&gw, "push", tampered, Some(signature(SECRET, &body))).await.status(), 401);
+    let huge = vec![b' '; 100 * 1024];
+    assert_eq!(deliver(&gw, "push", huge.clone(), Some(signature(SECRET, &huge))).await.status(), 413);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(outcome(&gw.get("/repos/octo/hello", Some("t")).await), "HIT");
+    // The older secret still verifies during a rotation.
+    assert_eq!(
+        deliver(&gw, "ping", payload("ping"), Some(signature("an-older-secret", &payload("ping"))))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(gw.metric("ghgate_webhooks_total{result=\"bad_signature\"}").await, 3.0);
+}
+
+#[tokio::test]
+async fn without_secrets_the_receiver_is_off() {
+    let fake = FakeGitHub::start().await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let body = payload("push");
+    assert_eq!(deliver(&gw, "push", body.clone(), Some(signature(SECRET, &body))).await.status(), 404);
+    assert_eq!(fake.requests(), 0, "never forwarded to GitHub");
+}
+
+#[tokio::test]
+async fn an_installation_deleted_event_drops_its_token_and_look_up() {
+    const KEY: &str = "ghgate_webhook_test_key_000000000";
+    let fake = fake_with_app().await;
+    fake.install("octo", 7);
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), |s| {
+        with_webhooks(s);
+        add_app(s);
+        s.clients.push(client("runner", KEY, &[]));
+        s.cache.enabled = false;
+    })
+    .await;
+    assert_eq!(get_with_key(&gw, "/repos/octo/hello", KEY).await.status(), 200);
+    assert_eq!((fake.mints(), fake.lookups()), (1, 1));
+    let body = payload("installation_deleted");
+    assert_eq!(
+        deliver(&gw, "installation", body.clone(), Some(signature(SECRET, &body))).await.status(),
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reinstalled under the same id: the next request looks it up and mints afresh.
+    assert_eq!(get_with_key(&gw, "/repos/octo/hello", KEY).await.status(), 200);
+    assert_eq!((fake.mints(), fake.lookups()), (2, 2));
+}
