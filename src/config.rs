@@ -102,11 +102,23 @@ pub struct WebhookSettings {
     /// Deliveries larger than this are refused with 413 (GitHub caps payloads at 25 MB).
     #[serde(with = "size")]
     pub max_body_bytes: u64,
+    /// Entries of repositories that sent a delivery within `coverage_window` are fresh for at
+    /// least this long (a change would have invalidated them). Zero (default) turns it off.
+    #[serde(with = "duration")]
+    pub covered_freshness: Duration,
+    /// How recently a repository must have sent a delivery to count as covered.
+    #[serde(with = "duration")]
+    pub coverage_window: Duration,
 }
 
 impl Default for WebhookSettings {
     fn default() -> Self {
-        Self { secrets: Vec::new(), max_body_bytes: 25 * 1024 * 1024 }
+        Self {
+            secrets: Vec::new(),
+            max_body_bytes: 25 * 1024 * 1024,
+            covered_freshness: Duration::ZERO,
+            coverage_window: Duration::from_secs(24 * 3600),
+        }
     }
 }
 

@@ -41,6 +41,10 @@ use crate::upstream::{self, Upstream, UpstreamError};
 /// The header that tells clients how their answer came about.
 pub const CACHE_STATUS_HEADER: HeaderName = HeaderName::from_static("x-ghgate-cache");
 
+/// How long staleness marks are kept in a shared store (entries kept fresh longer than this by
+/// `webhooks.covered_freshness` could outlive their mark on other replicas).
+const MARK_TTL: Duration = Duration::from_secs(3600);
+
 /// Request and answer bodies up to this size are read whole when a negative rule needs them.
 const NEGATIVE_BODY_MAX: u64 = 64 * 1024;
 
@@ -73,6 +77,9 @@ pub struct Gateway {
     cors: Cors,
     /// When an unsafe request last changed a path; entries older than that are stale.
     invalidated: moka::sync::Cache<String, SystemTime>,
+    /// Repositories (`owner/repo`) that sent a webhook delivery recently: their changes
+    /// would invalidate, so their entries may stay fresh longer.
+    covered: moka::sync::Cache<String, SystemTime>,
     metrics: Arc<Metrics>,
 }
 
@@ -202,6 +209,10 @@ impl Gateway {
             lanes: Lanes::new(&settings.limits),
             inbound: InboundLimiter::new(&settings.inbound),
             cors: Cors::new(&settings.cors),
+            covered: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(settings.webhooks.coverage_window.max(Duration::from_secs(1)))
+                .build(),
             invalidated: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(settings.cache.retain_stale.max(Duration::from_secs(60)))
@@ -388,7 +399,7 @@ impl Gateway {
         if let Some(entry) = &entry {
             let invalidated = self.is_marked_stale(entry);
             if !invalidated && !client_wants_revalidation(&parts.headers) {
-                if entry.is_fresh(now) {
+                if entry.is_fresh(now) || self.fresh_by_webhook_coverage(entry, now) {
                     return (self.entry_response(entry, partition, &parts.headers, head, now), Outcome::Hit);
                 }
                 if entry.within_stale_while_revalidate(now) {
@@ -920,6 +931,47 @@ impl Gateway {
         streamed_response(Streamed { response, prefix: Vec::new() }, parts.method == Method::HEAD)
     }
 
+    /// Whether an entry is fresh because its repository has webhook coverage (see
+    /// `webhooks.covered_freshness`): any change would have marked it stale.
+    fn fresh_by_webhook_coverage(&self, entry: &CachedResponse, now: SystemTime) -> bool {
+        let extra = self.settings.webhooks.covered_freshness;
+        if extra.is_zero() || entry.freshness.fresh_for.is_zero() {
+            return false;
+        }
+        let (Some(owner), Some(repo)) = crate::webhook::tags_of(&entry.path_key) else { return false };
+        now < entry.response_time + extra && self.covered.contains_key(&format!("{owner}/{repo}"))
+    }
+
+    /// Marks a scope (`repo:o/r`, `owner:o`) stale now, here and — with a shared store — for
+    /// every replica (they pick marks up within a second, see [`Gateway::pull_marks`]).
+    async fn mark_stale(&self, scope: String) {
+        let now = SystemTime::now();
+        self.invalidated.insert(scope.clone(), now);
+        if let Some(backend) = self.responses.backend().filter(|b| b.is_shared()) {
+            let millis = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            let ttl = MARK_TTL;
+            let _ = backend
+                .put(&format!("inv:{scope}"), store::frame(&millis.to_be_bytes(), now + ttl), ttl)
+                .await;
+        }
+    }
+
+    /// Brings in staleness marks other replicas wrote (called every second with a shared store).
+    pub async fn pull_marks(&self) {
+        let Some(backend) = self.responses.backend().filter(|b| b.is_shared()) else { return };
+        let Ok(keys) = backend.keys_with_prefix("inv:").await else { return };
+        for key in keys {
+            let Ok(Some(framed)) = backend.get(&key).await else { continue };
+            let Ok((_, payload)) = store::unframe(&framed) else { continue };
+            let Ok(bytes) = <[u8; 8]>::try_from(payload) else { continue };
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(bytes));
+            let scope = key.trim_start_matches("inv:").to_string();
+            if self.invalidated.get(&scope).is_none_or(|t| t < at) {
+                self.invalidated.insert(scope, at);
+            }
+        }
+    }
+
     /// Whether something changed an entry after it was fetched: a write to its path, or a
     /// webhook about its repository or owner.
     fn is_marked_stale(&self, entry: &CachedResponse) -> bool {
@@ -989,12 +1041,13 @@ impl Gateway {
         self.metrics.invalidations.increment(1);
         match effect {
             Effect::Repo { owner, repo } => {
-                self.invalidated.insert(format!("repo:{owner}/{repo}"), now);
+                self.covered.insert(format!("{owner}/{repo}"), now);
+                self.mark_stale(format!("repo:{owner}/{repo}")).await;
                 let _ =
                     self.negative.clear(Some(crate::negative::NOT_FOUND), Some(&owner), Some(&repo)).await;
             }
             Effect::Owner(owner) => {
-                self.invalidated.insert(format!("owner:{owner}"), now);
+                self.mark_stale(format!("owner:{owner}")).await;
                 let _ = self.negative.clear(Some(crate::negative::NOT_FOUND), Some(&owner), None).await;
                 let _ =
                     self.negative.clear(Some(crate::negative::APP_NOT_INSTALLED), Some(&owner), None).await;

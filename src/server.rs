@@ -89,6 +89,19 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(serve(proxy, proxy_app, watcher.clone(), "proxy")));
     tasks.push(tokio::spawn(serve(admin, admin_app, watcher.clone(), "admin")));
+    if gateway.responses().backend().is_some_and(|b| b.is_shared()) {
+        let marks_gateway = Arc::clone(&gateway);
+        let mut marks_stop = watcher.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => marks_gateway.pull_marks().await,
+                    _ = marks_stop.changed() => break,
+                }
+            }
+        }));
+    }
     let upkeep_gateway = Arc::clone(&gateway);
     let mut upkeep_stop = watcher;
     tasks.push(tokio::spawn(async move {

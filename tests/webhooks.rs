@@ -130,3 +130,54 @@ async fn an_installation_deleted_event_drops_its_token_and_look_up() {
     assert_eq!(get_with_key(&gw, "/repos/octo/hello", KEY).await.status(), 200);
     assert_eq!((fake.mints(), fake.lookups()), (2, 2));
 }
+
+#[tokio::test]
+async fn repositories_with_webhook_coverage_stay_fresh_longer_until_a_delivery_says_otherwise() {
+    let fake = FakeGitHub::start().await;
+    fake.set_max_age(1);
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    fake.put("/repos/octo/other", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), |s| {
+        with_webhooks(s);
+        s.webhooks.covered_freshness = Duration::from_secs(600);
+    })
+    .await;
+    let body = payload("push");
+    assert_eq!(deliver(&gw, "push", body.clone(), Some(signature(SECRET, &body))).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.get("/repos/octo/hello", Some("t")).await;
+    gw.get("/repos/octo/other", Some("t")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(outcome(&gw.get("/repos/octo/hello", Some("t")).await), "HIT", "covered: still fresh");
+    assert_eq!(outcome(&gw.get("/repos/octo/other", Some("t")).await), "REVALIDATED", "not covered");
+    assert_eq!(deliver(&gw, "push", body.clone(), Some(signature(SECRET, &body))).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(outcome(&gw.get("/repos/octo/hello", Some("t")).await), "REVALIDATED", "a delivery ends it");
+}
+
+#[tokio::test]
+async fn with_two_replicas_on_redis_both_drop_the_entry() {
+    let redis = support::RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let url = redis.url();
+    let shared = move |s: &mut ghgate::config::Settings| {
+        with_webhooks(s);
+        s.store.backend = ghgate::config::StoreBackend::Redis;
+        s.store.redis_url = Some(url.clone());
+    };
+    let a = start_gateway(&fake.url(), &shared).await;
+    let b = start_gateway(&fake.url(), &shared).await;
+    gw_warm(&a).await;
+    gw_warm(&b).await;
+    let body = payload("push");
+    assert_eq!(deliver(&a, "push", body.clone(), Some(signature(SECRET, &body))).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(outcome(&a.get("/repos/octo/hello", Some("t")).await), "REVALIDATED");
+    assert_eq!(outcome(&b.get("/repos/octo/hello", Some("t")).await), "REVALIDATED", "B saw A's delivery");
+}
+
+async fn gw_warm(gw: &TestGateway) {
+    gw.get("/repos/octo/hello", Some("t")).await;
+    assert_eq!(outcome(&gw.get("/repos/octo/hello", Some("t")).await), "HIT");
+}
