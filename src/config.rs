@@ -376,6 +376,9 @@ pub struct ServerSettings {
     /// Key for the credential partition hash. Generated and kept in `store.data_dir` when unset.
     #[serde(deserialize_with = "de_opt_string", serialize_with = "ser_redacted")]
     pub secret: Option<String>,
+    /// Bearer token the admin API requires; mandatory when `admin_listen` is not loopback.
+    #[serde(deserialize_with = "de_opt_string", serialize_with = "ser_redacted")]
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -386,6 +389,7 @@ impl Default for ServerSettings {
             public_url: None,
             trusted_proxies: Vec::new(),
             secret: None,
+            admin_token: None,
         }
     }
 }
@@ -672,6 +676,18 @@ impl Settings {
             if !matches!(public.scheme(), "http" | "https") || public.host_str().is_none() {
                 bad("server.public_url", format!("must be an http(s) URL with a host, got {public}"));
             }
+        }
+        if !self.server.admin_listen.ip().is_loopback() && self.server.admin_token.is_none() {
+            bad(
+                "server.admin_token",
+                format!(
+                    "is required when server.admin_listen ({}) is not a loopback address",
+                    self.server.admin_listen
+                ),
+            );
+        }
+        if self.server.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            bad("server.admin_token", "must be at least 16 characters".into());
         }
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             bad("server.admin_listen", "must differ from server.listen".into());

@@ -956,6 +956,26 @@ impl Gateway {
         }
     }
 
+    /// Admin purge: marks the entries of a path, a repository or an owner stale (in every
+    /// partition; with a shared store on every replica). The next read revalidates — free when
+    /// the data did not change — so purging never re-buys what is still current.
+    pub async fn purge(&self, path: Option<&str>, owner: Option<&str>, repo: Option<&str>) {
+        self.metrics.invalidations.increment(1);
+        match (path, owner, repo) {
+            (Some(path), _, _) => {
+                self.invalidated.insert(crate::cache::key::path_key(path), SystemTime::now());
+            }
+            (None, Some(owner), Some(repo)) => {
+                self.mark_stale(format!("repo:{}/{}", owner.to_ascii_lowercase(), repo.to_ascii_lowercase()))
+                    .await
+            }
+            (None, Some(owner), None) => {
+                self.mark_stale(format!("owner:{}", owner.to_ascii_lowercase())).await
+            }
+            _ => {}
+        }
+    }
+
     /// Brings in staleness marks other replicas wrote (called every second with a shared store).
     pub async fn pull_marks(&self) {
         let Some(backend) = self.responses.backend().filter(|b| b.is_shared()) else { return };

@@ -149,14 +149,98 @@ async fn proxy_handler(
 }
 
 fn admin_router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
         .route("/negative", axum::routing::delete(clear_negative))
         .route("/ratelimits", get(ratelimits))
+        .route("/tokens", get(tokens))
+        .route("/stats", get(stats))
+        .route("/purge", axum::routing::post(purge))
         .route("/", get(status_page))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), require_admin_token));
+    // Probes stay open: orchestrators call them without credentials.
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .merge(protected)
         .with_state(gateway)
+}
+
+/// With `server.admin_token` set, every admin route but the probes needs
+/// `Authorization: Bearer <token>` (compared in constant time).
+async fn require_admin_token(
+    State(gateway): State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(expected) = gateway.settings().server.admin_token.as_deref() else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    use subtle::ConstantTimeEq;
+    let ok = presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()));
+    if !ok {
+        let body = serde_json::json!({ "message": "Requires authentication: Authorization: Bearer <server.admin_token>", "documentation_url": crate::github::DOCUMENTATION_URL });
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    next.run(request).await
+}
+
+/// `GET /tokens`: the broker's cached installation tokens — metadata only, never a token.
+async fn tokens(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(serde_json::json!({ "tokens": gateway.broker().token_metadata() })).into_response()
+}
+
+/// `GET /stats`: answers by outcome, hit ratio, store size.
+async fn stats(State(gateway): State<Arc<Gateway>>) -> Response {
+    let responses = gateway.responses();
+    responses.maintain().await;
+    let counts = gateway.metrics().outcome_counts();
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    let served_locally: u64 = counts
+        .iter()
+        .filter(|(o, _)| matches!(*o, "HIT" | "STALE" | "COALESCED" | "NEGATIVE" | "REVALIDATED"))
+        .map(|(_, n)| n)
+        .sum();
+    let body = serde_json::json!({
+        "answers": counts.iter().map(|(o, n)| (o.to_ascii_lowercase(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+        "hit_ratio": if total == 0 { 0.0 } else { served_locally as f64 / total as f64 },
+        "store": {
+            "location": responses.location(),
+            "entries": responses.entry_count(),
+            "bytes": responses.size_bytes(),
+            "memory_tier_bytes": responses.hot_bytes(),
+            "max_bytes": gateway.settings().cache.max_bytes,
+        },
+    });
+    axum::Json(body).into_response()
+}
+
+/// What to purge: a path, a repository (owner + repo) or an owner.
+#[derive(Debug, serde::Deserialize)]
+struct Purge {
+    path: Option<String>,
+    owner: Option<String>,
+    repo: Option<String>,
+}
+
+/// `POST /purge?path=` | `?owner=&repo=` | `?owner=`: marks those entries stale everywhere.
+async fn purge(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Query(q): axum::extract::Query<Purge>,
+) -> Response {
+    if q.path.is_none() && q.owner.is_none() {
+        let body = serde_json::json!({ "message": "give path, or owner (and repo)", "documentation_url": crate::github::DOCUMENTATION_URL });
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    gateway.purge(q.path.as_deref(), q.owner.as_deref(), q.repo.as_deref()).await;
+    info!(path = ?q.path, owner = ?q.owner, repo = ?q.repo, "purged");
+    axum::Json(serde_json::json!({ "purged": true })).into_response()
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {

@@ -27,6 +27,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// `ghgate_requests_total{outcome}`
     pub requests: PerOutcome<Counter>,
+    outcome_totals: PerOutcome<std::sync::atomic::AtomicU64>,
     /// `ghgate_request_duration_seconds{outcome}`
     pub request_duration: PerOutcome<Histogram>,
     upstream_requests: [Counter; 6],
@@ -175,6 +176,7 @@ impl Metrics {
         let upstream_duration =
             r.register_histogram(&Key::from_name("ghgate_upstream_duration_seconds"), &METADATA);
         let metrics = Metrics {
+            outcome_totals: PerOutcome::new(|_| std::sync::atomic::AtomicU64::new(0)),
             requests,
             request_duration,
             upstream_requests,
@@ -322,8 +324,17 @@ impl Metrics {
         }
     }
 
+    /// Answers so far per outcome (for the admin API's statistics).
+    pub fn outcome_counts(&self) -> Vec<(&'static str, u64)> {
+        Outcome::ALL
+            .iter()
+            .map(|o| (o.as_str(), self.outcome_totals.get(*o).load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Counts one answered request.
     pub fn answered(&self, outcome: Outcome, took: Duration) {
+        self.outcome_totals.get(outcome).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.requests.get(outcome).increment(1);
         self.request_duration.get(outcome).record(took.as_secs_f64());
         // An upstream 304 is counted as saved where it arrives; everything else that never

@@ -849,9 +849,26 @@ impl Broker {
         token.minted_at.elapsed() < self.settings.settle_delay
     }
 
-    /// Metadata of cached tokens (never the tokens), for operators.
-    pub fn token_count(&self) -> u64 {
-        self.tokens.entry_count()
+    /// Metadata of the cached tokens — app, installation, permission set, expiry, age —
+    /// never the tokens themselves.
+    pub fn token_metadata(&self) -> Vec<serde_json::Value> {
+        let epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let mut out: Vec<serde_json::Value> = self
+            .tokens
+            .iter()
+            .map(|(key, token)| {
+                serde_json::json!({
+                    "app": key.app,
+                    "installation": key.installation,
+                    "permissions": if key.permissions.is_empty() { None } else { Some(key.permissions.clone()) },
+                    "expires_at": epoch(token.expires_at),
+                    "age_secs": token.minted_at.elapsed().as_secs(),
+                    "fingerprint": format!("{:016x}", token.tag),
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v["installation"].as_u64());
+        out
     }
 }
 
