@@ -292,6 +292,16 @@ struct StoredToken {
 }
 
 impl SharedState {
+    /// Runs `work` on one replica at a time for `lock` (see [`store::once_across_replicas`]).
+    async fn once<T, C, W>(&self, lock: &str, metrics: &Metrics, check: C, work: W) -> T
+    where
+        C: Fn() -> futures::future::BoxFuture<'static, Option<T>>,
+        W: FnOnce() -> futures::future::BoxFuture<'static, T>,
+    {
+        store::once_across_replicas(self.backend.as_ref(), lock, self.hold, self.wait, metrics, check, work)
+            .await
+    }
+
     /// A token from the store, if one is there, opens with our key, and is not due for
     /// replacement.
     async fn load_token(&self, key: &str) -> Option<Arc<InstallationToken>> {
@@ -657,16 +667,7 @@ impl Broker {
                         .boxed()
                     }
                 };
-                store::once_across_replicas(
-                    shared.backend.as_ref(),
-                    &lock,
-                    shared.hold,
-                    shared.wait,
-                    &metrics,
-                    check,
-                    work,
-                )
-                .await
+                shared.once(&lock, &metrics, check, work).await
             }
             .boxed()
         });
@@ -727,16 +728,7 @@ impl Broker {
                             }
                         };
                         let lock = format!("lock:{store_key}");
-                        let minted = store::once_across_replicas(
-                            shared.backend.as_ref(),
-                            &lock,
-                            shared.hold,
-                            shared.wait,
-                            &metrics,
-                            check,
-                            work,
-                        )
-                        .await;
+                        let minted = shared.once(&lock, &metrics, check, work).await;
                         match &minted {
                             Ok(token) => tokens.insert(key, Arc::clone(token)),
                             Err(r) if r.status == StatusCode::NOT_FOUND => {
