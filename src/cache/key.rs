@@ -100,3 +100,49 @@ mod tests {
         assert_eq!(path_key("/"), "/");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::identity::Partitioner;
+    use proptest::prelude::*;
+
+    fn auth(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, format!("token {token}").parse().unwrap());
+        h
+    }
+
+    proptest! {
+        /// Two different credentials never share a partition, hence never a cache key.
+        #[test]
+        fn different_credentials_never_share_a_key(a in "[A-Za-z0-9_]{1,40}", b in "[A-Za-z0-9_]{1,40}", path in "/[a-z0-9/]{0,30}") {
+            prop_assume!(a != b);
+            let p = Partitioner::new(b"property-secret");
+            let (pa, pb) = (p.partition(&auth(&a)), p.partition(&auth(&b)));
+            prop_assert_ne!(&pa, &pb);
+            prop_assert_ne!(CacheKey::new(&pa, &path, &HeaderMap::new()), CacheKey::new(&pb, &path, &HeaderMap::new()));
+        }
+
+        /// Keys are deterministic, and the partition of a credential is never readable in it.
+        #[test]
+        fn keys_are_stable_and_hide_the_credential(token in "[A-Za-z0-9]{12,40}", path in "/[a-z0-9/]{0,30}") {
+            prop_assume!(!path.contains(&token.to_ascii_lowercase()));
+            let p = Partitioner::new(b"property-secret");
+            let one = CacheKey::new(&p.partition(&auth(&token)), &path, &HeaderMap::new());
+            let two = CacheKey::new(&p.partition(&auth(&token)), &path, &HeaderMap::new());
+            prop_assert_eq!(&one, &two);
+            prop_assert!(!one.key.contains(&token));
+        }
+
+        /// Normalising `Accept` twice changes nothing.
+        #[test]
+        fn accept_normalisation_is_idempotent(accept in "[a-zA-Z0-9/+.*, ]{0,40}") {
+            if let Ok(value) = http::HeaderValue::from_str(&accept) {
+                let once = crate::github::normalize_accept(Some(&value));
+                let again = crate::github::normalize_accept(http::HeaderValue::from_str(&once).ok().as_ref());
+                prop_assert_eq!(once, again);
+            }
+        }
+    }
+}
