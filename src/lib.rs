@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod activity;
 pub mod app_auth;
 pub mod cache;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod path_pattern;
 pub mod pipeline;
 pub mod rewrite;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -211,6 +211,8 @@ pub struct NegativeCache {
     statuses_answer: NegativeAnswer,
     store: Arc<dyn Store>,
     metrics: HashMap<String, RuleMetrics>,
+    /// For the status page's log of recent hits.
+    all_metrics: Arc<Metrics>,
 }
 
 /// What [`NegativeCache::consider`] decided about an upstream answer.
@@ -231,7 +233,7 @@ impl NegativeCache {
         settings: &NegativeSettings,
         not_installed_ttl: Duration,
         store: Arc<dyn Store>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<NegativeCache, String> {
         let mut rules = Vec::new();
         if settings.statuses_limit.enabled {
@@ -262,6 +264,7 @@ impl NegativeCache {
             statuses_answer: settings.statuses_limit.answer,
             store,
             metrics: rule_metrics,
+            all_metrics: Arc::clone(metrics),
         })
     }
 
@@ -336,6 +339,7 @@ impl NegativeCache {
         if let Some(m) = self.metrics.get(&self.rules[candidate.rule].name) {
             m.hits.increment(1);
         }
+        self.note_hit(&candidate.key);
         Some(remembered)
     }
 
@@ -439,8 +443,20 @@ impl NegativeCache {
             if let Some(m) = self.metrics.get(APP_NOT_INSTALLED) {
                 m.hits.increment(1);
             }
+            self.note_hit(key);
         }
         live
+    }
+
+    /// Logs a hit for the status page as `rule owner/repo` (read back from the entry's key,
+    /// `n:<rule>:<owner>:<repo>:<digest>`; the digest is left out).
+    fn note_hit(&self, key: &str) {
+        let mut parts = key.splitn(5, ':').skip(1);
+        let (Some(rule), Some(owner), Some(repo)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        let what = if repo == "-" { format!("{rule} {owner}") } else { format!("{rule} {owner}/{repo}") };
+        self.all_metrics.activity.event("negative", what);
     }
 
     /// Remembers "not installed" under `key` for the configured time.

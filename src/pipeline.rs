@@ -961,6 +961,13 @@ impl Gateway {
     /// the data did not change — so purging never re-buys what is still current.
     pub async fn purge(&self, path: Option<&str>, owner: Option<&str>, repo: Option<&str>) {
         self.metrics.invalidations.increment(1);
+        let what = match (path, owner, repo) {
+            (Some(path), _, _) => format!("purge {}", path.split('?').next().unwrap_or(path)),
+            (None, Some(owner), Some(repo)) => format!("purge repo {owner}/{repo}"),
+            (None, Some(owner), None) => format!("purge owner {owner}"),
+            _ => "purge".to_string(),
+        };
+        self.metrics.activity.event("invalidation", what);
         match (path, owner, repo) {
             (Some(path), _, _) => {
                 self.invalidated.insert(crate::cache::key::path_key(path), SystemTime::now());
@@ -1041,13 +1048,21 @@ impl Gateway {
             );
         }
         self.metrics.webhook("accepted").increment(1);
-        let event =
-            parts.headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        // The event name is shown on the status page: keep it short and plain.
+        let event: String = parts
+            .headers
+            .get("x-github-event")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let payload: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             for effect in crate::webhook::effects(&event, &payload) {
-                me.apply_webhook(effect).await;
+                me.apply_webhook(&event, effect).await;
             }
         });
         let mut response = Response::new(Body::empty());
@@ -1055,10 +1070,16 @@ impl Gateway {
         response
     }
 
-    async fn apply_webhook(&self, effect: crate::webhook::Effect) {
+    async fn apply_webhook(&self, event: &str, effect: crate::webhook::Effect) {
         use crate::webhook::Effect;
         let now = SystemTime::now();
         self.metrics.invalidations.increment(1);
+        let what = match &effect {
+            Effect::Repo { owner, repo } => format!("webhook {event}: repo {owner}/{repo}"),
+            Effect::Owner(owner) => format!("webhook {event}: owner {owner}"),
+            Effect::Installation { id, .. } => format!("webhook {event}: installation {id}"),
+        };
+        self.metrics.activity.event("invalidation", what);
         match effect {
             Effect::Repo { owner, repo } => {
                 self.covered.insert(format!("{owner}/{repo}"), now);
@@ -1084,6 +1105,9 @@ impl Gateway {
         let now = SystemTime::now();
         self.invalidated.insert(crate::cache::key::path_key(path), now);
         self.metrics.invalidations.increment(1);
+        self.metrics
+            .activity
+            .event("invalidation", format!("write {}", path.split('?').next().unwrap_or(path)));
         let location = response_headers.get(http::header::LOCATION).and_then(|v| v.to_str().ok());
         if let Some(rest) = location.and_then(|l| l.strip_prefix(self.upstream_base.as_str())) {
             if rest.starts_with('/') {

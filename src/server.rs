@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::cache::Outcome;
 use crate::config::Settings;
 use crate::identity;
 use crate::pipeline::Gateway;
@@ -156,12 +157,14 @@ fn admin_router(gateway: Arc<Gateway>) -> Router {
         .route("/tokens", get(tokens))
         .route("/stats", get(stats))
         .route("/purge", axum::routing::post(purge))
-        .route("/", get(status_page))
+        .route("/status.json", get(status_data))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), require_admin_token));
     // Probes stay open: orchestrators call them without credentials.
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        // The status page's shell holds no data; it asks for the admin token itself.
+        .route("/", get(|| async { crate::status::page() }))
         .merge(protected)
         .with_state(gateway)
 }
@@ -204,7 +207,7 @@ async fn stats(State(gateway): State<Arc<Gateway>>) -> Response {
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     let served_locally: u64 = counts
         .iter()
-        .filter(|(o, _)| matches!(*o, "HIT" | "STALE" | "COALESCED" | "NEGATIVE" | "REVALIDATED"))
+        .filter(|(o, _)| Outcome::ALL.iter().any(|x| x.as_str() == *o && x.served_locally()))
         .map(|(_, n)| n)
         .sum();
     let body = serde_json::json!({
@@ -293,18 +296,9 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn status_page(State(gateway): State<Arc<Gateway>>) -> Response {
-    let store = gateway.responses();
-    store.maintain().await;
-    let text = format!(
-        "ghgate {}\nstore: {}\nentries: {}\nbytes: {} of {}\nmetrics: /metrics\n",
-        env!("CARGO_PKG_VERSION"),
-        store.location(),
-        store.entry_count(),
-        store.size_bytes(),
-        gateway.settings().cache.max_bytes,
-    );
-    text.into_response()
+/// `GET /status.json`: what the status page draws.
+async fn status_data(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(crate::status::data(&gateway).await).into_response()
 }
 
 /// Which negative entries to clear: any combination of rule, owner and repository.

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub negative_canaries: Counter,
     /// The GitHub App broker's metrics.
     pub app: AppMetrics,
+    /// Per-minute history and recent events, for the status page.
+    pub activity: crate::activity::Activity,
 }
 
 /// Metrics of the GitHub App broker.
@@ -267,9 +269,11 @@ impl Metrics {
                 "Upstream fetches under way that concurrent requests can join.",
             ),
             app: AppMetrics::register(r),
+            activity: crate::activity::Activity::default(),
             recorder: Arc::new(recorder),
             handle,
         };
+        metrics.activity.sample(std::time::SystemTime::now());
         Arc::new(metrics)
     }
 
@@ -318,8 +322,14 @@ impl Metrics {
             self.upstream_duration.record(took.as_secs_f64());
         }
         match status {
-            Some(http::StatusCode::NOT_MODIFIED) => self.units_saved.increment(1),
-            Some(_) => self.units_spent.increment(1),
+            Some(http::StatusCode::NOT_MODIFIED) => {
+                self.units_saved.increment(1);
+                self.activity.saved();
+            }
+            Some(_) => {
+                self.units_spent.increment(1);
+                self.activity.spent();
+            }
             None => {}
         }
     }
@@ -341,7 +351,9 @@ impl Metrics {
         // reached upstream is counted here.
         if matches!(outcome, Outcome::Hit | Outcome::Stale | Outcome::Coalesced | Outcome::Negative) {
             self.units_saved.increment(1);
+            self.activity.saved();
         }
+        self.activity.answered(outcome.served_locally());
     }
 
     /// The Prometheus text exposition.
@@ -352,6 +364,7 @@ impl Metrics {
     /// Drains histogram buffers; call every few seconds.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+        self.activity.sample(std::time::SystemTime::now());
         let _ = &self.recorder;
     }
 }

@@ -64,7 +64,7 @@ async fn an_admin_token_protects_everything_but_the_probes() {
     let fake = FakeGitHub::start().await;
     let gw =
         start_gateway(&fake.url(), |s| s.server.admin_token = Some("admin-token-0123456789".into())).await;
-    for path in ["/metrics", "/stats", "/ratelimits", "/tokens", "/"] {
+    for path in ["/metrics", "/stats", "/ratelimits", "/tokens", "/status.json"] {
         let r = gw.client.get(format!("{}{path}", gw.admin_url)).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path} without the token");
         let r = gw
@@ -84,6 +84,12 @@ async fn an_admin_token_protects_everything_but_the_probes() {
             .unwrap();
         assert_eq!(r.status(), 200, "{path} with the token");
     }
+    // The status page's shell is open (it holds no data and asks for the token itself).
+    let page = gw.client.get(format!("{}/", gw.admin_url)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("status.json") && !html.contains("\"budgets\":"), "no data in the shell");
     for path in ["/healthz", "/readyz"] {
         assert_eq!(
             gw.client.get(format!("{}{path}", gw.admin_url)).send().await.unwrap().status(),

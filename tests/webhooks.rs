@@ -68,6 +68,10 @@ async fn a_signed_push_marks_its_repository_stale_and_nothing_else() {
     assert_eq!(changed.text().await.unwrap(), r#"{"v":2}"#);
     assert_eq!(outcome(&gw.get("/repos/octo/other", Some("t")).await), "HIT", "another repository stays");
     assert_eq!(gw.metric("ghgate_webhooks_total{result=\"accepted\"}").await, 1.0);
+    // The status page lists the invalidation with its event.
+    let status = gw.client.get(format!("{}/status.json", gw.admin_url)).send().await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status.text().await.unwrap()).unwrap();
+    assert_eq!(status["events"][0]["what"], "webhook push: repo octo/hello", "{status}");
 }
 
 #[tokio::test]

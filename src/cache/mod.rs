@@ -41,6 +41,14 @@ impl Outcome {
         Outcome::Bypass,
     ];
 
+    /// Whether the answer needed no paid upstream request (what the hit ratio counts).
+    pub fn served_locally(self) -> bool {
+        matches!(
+            self,
+            Outcome::Hit | Outcome::Revalidated | Outcome::Stale | Outcome::Coalesced | Outcome::Negative
+        )
+    }
+
     /// The `x-ghgate-cache` value.
     pub fn as_str(self) -> &'static str {
         match self {
