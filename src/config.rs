@@ -379,6 +379,15 @@ pub struct ServerSettings {
     /// Bearer token the admin API requires; mandatory when `admin_listen` is not loopback.
     #[serde(deserialize_with = "de_opt_string", serialize_with = "ser_redacted")]
     pub admin_token: Option<String>,
+    /// How long a client may take to send its request headers before the connection is
+    /// dropped (slow-header attacks).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request header block accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may run after a stop signal before they are cut off.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerSettings {
@@ -390,6 +399,9 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             secret: None,
             admin_token: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -721,6 +733,12 @@ impl Settings {
         }
         if self.store.hot_max_bytes == 0 {
             bad("store.hot_max_bytes", "must be greater than zero".into());
+        }
+        if self.server.header_read_timeout.is_zero() {
+            bad("server.header_read_timeout", "must be greater than zero".into());
+        }
+        if !(8192..=1 << 20).contains(&self.server.max_header_bytes) {
+            bad("server.max_header_bytes", "must be between 8192 and 1048576".into());
         }
         if self.upstream.timeout.is_zero() {
             bad("upstream.timeout", "must be greater than zero".into());

@@ -38,19 +38,20 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, and waits for both listeners.
+    /// Stops accepting, lets in-flight requests finish, waits for both listeners and flushes
+    /// the store.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        self.wait().await;
     }
 
-    /// Waits until both listeners have stopped (after a signal or [`Running::shutdown`]).
+    /// Waits until both listeners have stopped (after a signal or [`Running::shutdown`]), then
+    /// flushes the store so a clean stop loses nothing.
     pub async fn wait(self) {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.gateway.responses().flush().await;
     }
 
     /// A handle that stops the gateway when sent `true`.
@@ -87,9 +88,14 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     let proxy_app = Router::new().fallback(proxy_handler).with_state(Arc::clone(&gateway));
     let admin_app = admin_router(Arc::clone(&gateway));
 
+    let limits = ConnectionLimits {
+        header_read_timeout: settings.server.header_read_timeout,
+        max_header_bytes: settings.server.max_header_bytes,
+        shutdown_grace: settings.server.shutdown_grace,
+    };
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(serve(proxy, proxy_app, watcher.clone(), "proxy")));
-    tasks.push(tokio::spawn(serve(admin, admin_app, watcher.clone(), "admin")));
+    tasks.push(tokio::spawn(serve(proxy, proxy_app, watcher.clone(), "proxy", limits)));
+    tasks.push(tokio::spawn(serve(admin, admin_app, watcher.clone(), "admin", limits)));
     if gateway.responses().backend().is_some_and(|b| b.is_shared()) {
         let marks_gateway = Arc::clone(&gateway);
         let mut marks_stop = watcher.clone();
@@ -129,15 +135,67 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     Ok(Running { proxy_addr, admin_addr, gateway, shutdown, tasks })
 }
 
-async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>, name: &'static str) {
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await;
-    if let Err(e) = result {
-        warn!(listener = name, error = %e, "listener stopped with an error");
+/// Limits every connection gets, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+    shutdown_grace: Duration,
+}
+
+/// Accepts connections until told to stop, then lets in-flight requests finish for up to
+/// `shutdown_grace`. HTTP/1.1 and HTTP/2 (prior knowledge); a client that does not finish its
+/// request headers within `header_read_timeout` is dropped (slowloris), and headers larger
+/// than `max_header_bytes` are refused by hyper with 431.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    name: &'static str,
+    limits: ConnectionLimits,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before accept: back off
+                    // briefly instead of spinning.
+                    warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|stopped| *stopped).await; } => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { tower::Service::call(&mut app, request).await }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_grace) => {
+            warn!(listener = name, grace = ?limits.shutdown_grace, "in-flight requests cut off after server.shutdown_grace");
+        }
     }
 }
 

@@ -232,6 +232,17 @@ impl Store for DiskStore {
         .boxed()
     }
 
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        let db = self.db.clone();
+        async move {
+            let synced = tokio::task::spawn_blocking(move || db.persist(fjall::PersistMode::SyncAll)).await;
+            if !matches!(synced, Ok(Ok(()))) {
+                warn!("could not flush the disk store's journal on shutdown");
+            }
+        }
+        .boxed()
+    }
+
     fn size_bytes(&self) -> u64 {
         self.index.weighted_size()
     }

@@ -92,6 +92,12 @@ pub trait Store: Send + Sync + 'static {
     /// Runs pending housekeeping so that the sizes below are current.
     fn maintain(&self) -> BoxFuture<'_, ()>;
 
+    /// Makes every write so far durable (called on shutdown). Backends that are durable on
+    /// each write, or not at all, keep the default.
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Bytes held now (approximate), when the backend knows.
     fn size_bytes(&self) -> u64;
 

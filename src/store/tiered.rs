@@ -125,6 +125,13 @@ impl ResponseCache {
         self.backend.as_ref()
     }
 
+    /// Makes the backend's writes durable (on shutdown).
+    pub async fn flush(&self) {
+        if let Some(backend) = &self.backend {
+            backend.flush().await;
+        }
+    }
+
     /// Runs pending housekeeping in both tiers.
     pub async fn maintain(&self) {
         self.hot.run_pending_tasks().await;
