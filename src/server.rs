@@ -179,11 +179,12 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            let mut app = app.clone();
-            async move { tower::Service::call(&mut app, request).await }
-        });
+        let service =
+            hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let mut app = app.clone();
+                async move { tower::Service::call(&mut app, request).await }
+            });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -308,6 +309,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     gateway.responses().maintain().await;
     record_store_gauges(&gateway);
     let m = gateway.metrics();
+    m.alive_tasks.set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as f64);
     let mut response = Response::new(Body::from(m.render()));
     response
         .headers_mut()

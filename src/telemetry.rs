@@ -63,6 +63,8 @@ pub struct Metrics {
     pub store_max_bytes: Gauge,
     /// `ghgate_inflight_fills`
     pub inflight_fills: Gauge,
+    /// `ghgate_runtime_alive_tasks`: tasks alive in the runtime (a leak shows as growth).
+    pub alive_tasks: Gauge,
     /// `ghgate_ratelimit_reserve_stale_total`: reads answered stale to save a low budget.
     pub reserve_stale: Counter,
     /// `ghgate_ratelimit_local_answers_total`: requests answered locally because the identity's
@@ -268,6 +270,11 @@ impl Metrics {
                 None,
                 "Upstream fetches under way that concurrent requests can join.",
             ),
+            alive_tasks: gauge(
+                "ghgate_runtime_alive_tasks",
+                None,
+                "Tasks alive in the async runtime (connections, fills, background work); steady growth means a leak.",
+            ),
             app: AppMetrics::register(r),
             activity: crate::activity::Activity::default(),
             recorder: Arc::new(recorder),
@@ -364,6 +371,9 @@ impl Metrics {
     /// Drains histogram buffers; call every few seconds.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.alive_tasks.set(runtime.metrics().num_alive_tasks() as f64);
+        }
         self.activity.sample(std::time::SystemTime::now());
         let _ = &self.recorder;
     }

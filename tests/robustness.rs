@@ -84,3 +84,55 @@ async fn the_admin_listener_serves_metrics_health_and_status_apart_from_the_prox
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("Not Found"));
 }
+
+#[tokio::test]
+async fn slow_headers_oversized_heads_bad_methods_and_header_injection_are_refused_cleanly() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), |s| {
+        s.server.header_read_timeout = Duration::from_millis(500);
+        s.server.max_header_bytes = 16 * 1024;
+    })
+    .await;
+    let addr = gw.running.proxy_addr;
+
+    // Slowloris: a request head that never ends is dropped after the header-read timeout.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /repos/octo/hello HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "the server closed the slow connection");
+    assert!(started.elapsed() < Duration::from_secs(2), "closed after {:?}", started.elapsed());
+
+    // A head over server.max_header_bytes: 431.
+    let big = format!(
+        "GET /repos/octo/hello HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(32 * 1024)
+    );
+    let answer = raw(addr, &big).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // Methods that are not tokens are refused by the HTTP parser.
+    let answer =
+        raw(addr, "G\u{1}T /repos/octo/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // Encoded CR/LF in a path stays encoded: no header reaches upstream from it.
+    let answer = raw(
+        addr,
+        "GET /repos/octo/hello%0d%0aX-Injected:%20yes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "passed upstream as one (unknown) path: {answer}");
+    // A raw CR/LF in the request line never parses.
+    let answer = raw(addr, "GET /repos/octo/hello\rX-Injected: yes HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        fake.log().iter().all(|(_, _, headers)| !headers.contains_key("x-injected")),
+        "no injected header reached upstream"
+    );
+
+    // And the gateway still serves.
+    assert_eq!(gw.get("/repos/octo/hello", Some("t")).await.status(), 200);
+}

@@ -77,6 +77,15 @@ impl Resource {
     }
 }
 
+/// A fault in the body of an answer whose headers went out fine.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyFault {
+    /// Half the body, then the connection is dropped (a reset mid-body).
+    Reset,
+    /// Half the body, then nothing for this long, then the rest.
+    Stall(Duration),
+}
+
 #[derive(Default)]
 struct Inner {
     resources: HashMap<String, Resource>,
@@ -96,6 +105,8 @@ struct Inner {
     statuses_shape: String,
     /// Answers to give instead, one per request: (status, body).
     canned: Vec<(u16, String)>,
+    /// Faults for the bodies of the next successful resource answers, one per answer.
+    body_faults: Vec<BodyFault>,
     /// A smaller rate limit for authenticated credentials than GitHub's 5000.
     limit: Option<u64>,
     /// Secondary limits to answer next: "retry-after:N", "429" or "remaining-0".
@@ -378,6 +389,11 @@ impl FakeGitHub {
         self.state.inner.lock().unwrap().delay = delay;
     }
 
+    /// The next successful resource answer's body gets `fault`.
+    pub fn body_fault_next(&self, fault: BodyFault) {
+        self.state.inner.lock().unwrap().body_faults.push(fault);
+    }
+
     /// The next `n` requests get `status` (uncharged for 5xx).
     pub fn fail_next(&self, n: usize, status: u16) {
         self.state.inner.lock().unwrap().failures.extend(std::iter::repeat_n(status, n));
@@ -615,7 +631,40 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
         state.not_modified.fetch_add(1, Ordering::SeqCst);
         return respond(state, cred, StatusCode::NOT_MODIFIED, String::new(), headers, false);
     }
-    respond(state, cred, StatusCode::OK, body, headers, true)
+    let fault = {
+        let mut inner = state.inner.lock().unwrap();
+        (!inner.body_faults.is_empty()).then(|| inner.body_faults.remove(0))
+    };
+    let full = body.clone();
+    let mut response = respond(state, cred, StatusCode::OK, body, headers, true);
+    if let Some(fault) = fault {
+        response.headers_mut().remove("content-length");
+        *response.body_mut() = faulty_body(full.into_bytes(), fault);
+    }
+    response
+}
+
+/// A body that sends its first half, then fails as `fault` says.
+fn faulty_body(full: Vec<u8>, fault: BodyFault) -> Body {
+    let (first, rest) = full.split_at(full.len() / 2);
+    let (first, rest) = (Bytes::copy_from_slice(first), Bytes::copy_from_slice(rest));
+    let stream = futures::stream::unfold(0u8, move |step| {
+        let (first, rest) = (first.clone(), rest.clone());
+        async move {
+            match (step, fault) {
+                (0, _) => Some((Ok::<_, std::io::Error>(first), 1)),
+                (1, BodyFault::Reset) => {
+                    Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset")), 2))
+                }
+                (1, BodyFault::Stall(pause)) => {
+                    tokio::time::sleep(pause).await;
+                    Some((Ok(rest), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// `POST /repos/{o}/{r}/statuses/{sha}`: counts statuses per SHA and context and, past the

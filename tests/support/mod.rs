@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod fake_github;
+pub mod process;
 pub mod redis_server;
 
 use std::time::Duration;

@@ -1,0 +1,445 @@
+//! The reliability suite: ghgate under upstream faults, store outages, kills and sustained
+//! load. Each test is bounded in time and uses loopback only. RELIABILITY.md records what
+//! these tests establish and how to re-run them.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ghgate::config::StoreBackend;
+use support::fake_github::BodyFault;
+use support::process::GatewayProcess;
+use support::{FakeGitHub, RedisServer, Resource, outcome, start_gateway};
+
+const REPO: &str = "/repos/octo/hello";
+
+fn is_github_error(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .is_ok_and(|v| v["message"].is_string() && v["documentation_url"].is_string())
+}
+
+/// A body of `len` bytes that names its path, so a mixed-up or truncated answer shows.
+fn body_for(path: &str, len: usize) -> String {
+    let head = format!(r#"{{"path":"{path}","pad":""#);
+    format!("{head}{}\"}}", "x".repeat(len.saturating_sub(head.len() + 2)))
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_connections_gets_stale_data_or_a_clear_error() {
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    fake.set_max_age(0); // every read revalidates, so every read needs upstream
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    assert_eq!(outcome(&gw.get(REPO, Some("t")).await), "MISS");
+    fake.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let r = gw.get(REPO, Some("t")).await;
+    assert_eq!((r.status().as_u16(), outcome(&r)), (200, "STALE".to_string()));
+    assert_eq!(r.text().await.unwrap(), r#"{"v":1}"#);
+    let r = gw.get("/repos/octo/never-fetched", Some("t")).await;
+    assert_eq!(r.status(), 502);
+    assert!(is_github_error(&r.text().await.unwrap()));
+    assert!(started.elapsed() < Duration::from_secs(2), "refusals answer at once: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_body_reset_midway_reaches_no_client_as_complete_and_is_never_cached() {
+    let fake = FakeGitHub::start().await;
+    let full = body_for(REPO, 64 * 1024);
+    fake.put(REPO, Resource::json(full.clone()));
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    fake.body_fault_next(BodyFault::Reset);
+    let r = gw.get(REPO, Some("t")).await;
+    let status = r.status();
+    match r.text().await {
+        Ok(body) => assert!(
+            status != 200 && is_github_error(&body),
+            "a reset body must not arrive as a complete 200: status {status}, {} bytes",
+            body.len()
+        ),
+        Err(_) => {} // the client saw the answer break off, as it did upstream
+    }
+    let r = gw.get(REPO, Some("t")).await;
+    assert_eq!(outcome(&r), "MISS", "the truncated body was not cached");
+    assert_eq!(r.text().await.unwrap(), full);
+    let r = gw.get(REPO, Some("t")).await;
+    assert_eq!(outcome(&r), "HIT");
+    assert_eq!(r.text().await.unwrap(), full);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_cut_off_at_the_configured_timeout() {
+    let fake = FakeGitHub::start().await;
+    let full = body_for(REPO, 16 * 1024);
+    fake.put(REPO, Resource::json(full.clone()));
+    fake.put("/repos/octo/cached", Resource::json(r#"{"cached":true}"#));
+    fake.set_max_age(0);
+    let gw = start_gateway(&fake.url(), |s| s.upstream.timeout = Duration::from_millis(500)).await;
+    assert_eq!(outcome(&gw.get("/repos/octo/cached", Some("t")).await), "MISS");
+
+    // Headers late: 504 for what is not cached, stale for what is.
+    fake.set_delay(Duration::from_secs(3));
+    let started = Instant::now();
+    let r = gw.get(REPO, Some("t")).await;
+    assert_eq!(r.status(), 504);
+    assert!(is_github_error(&r.text().await.unwrap()));
+    let r = gw.get("/repos/octo/cached", Some("t")).await;
+    assert_eq!(outcome(&r), "STALE");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "two timeouts of 0.5 s took {:?}",
+        started.elapsed()
+    );
+
+    // Body stalls mid-way: the answer breaks off near the timeout and is not cached.
+    fake.set_delay(Duration::ZERO);
+    fake.body_fault_next(BodyFault::Stall(Duration::from_secs(3)));
+    let started = Instant::now();
+    let r = gw.get(REPO, Some("t")).await;
+    let status = r.status();
+    if let Ok(body) = r.text().await {
+        assert!(status != 200 || body != full, "a stalled body was answered whole");
+        assert!(status != 200, "a stalled body must not arrive as a complete 200");
+    }
+    assert!(started.elapsed() < Duration::from_millis(2000), "stall cut off after {:?}", started.elapsed());
+    let r = gw.get(REPO, Some("t")).await;
+    assert_eq!(outcome(&r), "MISS", "the stalled answer was not cached");
+    assert_eq!(r.text().await.unwrap(), full);
+}
+
+#[tokio::test]
+async fn a_flapping_upstream_never_turns_cached_data_into_errors() {
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    fake.set_max_age(0);
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    assert_eq!(gw.get(REPO, Some("t")).await.status(), 200);
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..40 {
+        if i % 2 == 0 {
+            fake.fail_next(1, 502);
+        }
+        let r = gw.get(REPO, Some("t")).await;
+        assert_eq!(r.status(), 200, "request {i}");
+        *outcomes.entry(outcome(&r)).or_default() += 1;
+        assert_eq!(r.text().await.unwrap(), r#"{"v":1}"#);
+    }
+    assert_eq!(outcomes.get("STALE"), Some(&20), "{outcomes:?}");
+    assert_eq!(outcomes.get("REVALIDATED"), Some(&20), "{outcomes:?}");
+}
+
+/// Runs `clients` loops of GETs over `paths` until `stop`, counting answers that were not 200
+/// with the path's own body.
+fn spawn_load(
+    url: String,
+    paths: Arc<Vec<(String, String)>>,
+    clients: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicU64>,
+    bad: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (url, paths, stop, ok, bad) =
+                (url.clone(), paths.clone(), stop.clone(), ok.clone(), bad.clone());
+            tokio::spawn(async move {
+                let client = support::client();
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    let index = i % paths.len();
+                    let (path, body) = &paths[index];
+                    i += clients;
+                    // Each path is read with one credential, its index modulo 3.
+                    let token = format!("token load-{}", index % 3);
+                    let answer =
+                        client.get(format!("{url}{path}")).header("authorization", token).send().await;
+                    let good = match answer {
+                        Ok(r) if r.status() == 200 => r.text().await.is_ok_and(|t| t == *body),
+                        _ => false,
+                    };
+                    if good {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        bad.fetch_add(1, Ordering::Relaxed)
+                    };
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_and_restarted_under_load_loses_no_request() {
+    let mut redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    let paths: Vec<(String, String)> = (0..50)
+        .map(|i| {
+            let path = format!("/repos/octo/r{i}");
+            let body = body_for(&path, 512);
+            fake.put(&path, Resource::json(body.clone()));
+            (path, body)
+        })
+        .collect();
+    let url = redis.url();
+    let gw = start_gateway(&fake.url(), move |s| {
+        s.store.backend = StoreBackend::Redis;
+        s.store.redis_url = Some(url);
+        s.store.redis_timeout = Duration::from_millis(200);
+        s.store.hot_max_bytes = 1; // (almost) every read goes to Redis
+    })
+    .await;
+    let (stop, ok, bad) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = spawn_load(gw.url.clone(), Arc::new(paths), 8, stop.clone(), ok.clone(), bad.clone());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before_kill = ok.load(Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || {
+        redis.stop(); // SIGKILL-like: the server goes away mid-load
+        std::thread::sleep(Duration::from_millis(1500));
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    eprintln!("redis kill under load: {ok} answers, {bad} failed ({before_kill} before the kill)");
+    assert_eq!(bad, 0, "no request lost while Redis was down or coming back");
+    assert!(ok > before_kill + 100, "load kept flowing during the outage: {ok} vs {before_kill}");
+    assert!(gw.metric("ghgate_store_errors_total").await > 0.0, "the outage was seen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_disk_writes_then_restart_serves_no_corrupt_entry() {
+    let fake = FakeGitHub::start().await;
+    // Small and large bodies (large ones go to fjall's blob files).
+    let paths: Vec<(String, String)> = (0..400)
+        .map(|i| {
+            let path = format!("/repos/octo/k{i}");
+            let body = body_for(&path, if i % 5 == 0 { 48 * 1024 } else { 700 });
+            fake.put(&path, Resource::json(body.clone()));
+            (path, body)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = GatewayProcess::start(&fake.url(), dir.path(), &[]).await;
+    let paths = Arc::new(paths);
+    let (stop, ok, bad) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = spawn_load(gw.url.clone(), paths.clone(), 16, stop.clone(), ok.clone(), bad.clone());
+    // Kill while the first pass is still filling the store.
+    while ok.load(Ordering::Relaxed) < 150 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.signal("KILL");
+    gw.wait_exit(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let before = fake.requests();
+    let gw = GatewayProcess::start(&fake.url(), dir.path(), &[]).await;
+    let client = support::client();
+    let mut from_store = 0;
+    for (i, (path, body)) in paths.iter().enumerate() {
+        let r = client
+            .get(format!("{}{path}", gw.url))
+            .header("authorization", format!("token load-{}", i % 3))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let o = outcome(&r);
+        if o == "HIT" || o == "REVALIDATED" {
+            from_store += 1;
+        }
+        assert_eq!(r.text().await.unwrap(), *body, "{path} answered with a wrong or damaged body ({o})");
+    }
+    eprintln!(
+        "sigkill during writes: {} answered before the kill, {from_store} of {} entries served from the store after restart, {} refetched",
+        ok.load(Ordering::Relaxed),
+        paths.len(),
+        fake.requests() - before
+    );
+    // Everything answered before the kill was stored before it was answered; at most one
+    // request per client (16) was in flight.
+    let answered = ok.load(Ordering::Relaxed);
+    assert!(
+        from_store + 16 >= answered,
+        "{from_store} entries survived of {answered} answered before the kill; logs:\n{}",
+        support::process::logs(dir.path())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_in_flight_requests_finish_and_flushes_the_store() {
+    let fake = FakeGitHub::start().await;
+    let full = body_for(REPO, 4096);
+    fake.put(REPO, Resource::json(full.clone()));
+    for i in 0..5 {
+        fake.put(
+            &format!("/repos/octo/slow{i}"),
+            Resource::json(body_for(&format!("/repos/octo/slow{i}"), 100)),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = GatewayProcess::start(&fake.url(), dir.path(), &[]).await;
+    let client = support::client();
+    assert_eq!(
+        client
+            .get(format!("{}{REPO}", gw.url))
+            .header("authorization", "token t")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    fake.set_delay(Duration::from_millis(1500));
+    let in_flight: Vec<_> = (0..5)
+        .map(|i| {
+            let (client, url) = (client.clone(), gw.url.clone());
+            tokio::spawn(async move {
+                let path = format!("/repos/octo/slow{i}");
+                let r = client.get(format!("{url}{path}")).header("authorization", "token t").send().await?;
+                Ok::<_, reqwest::Error>((r.status().as_u16(), r.text().await?, path))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        support::client().get(format!("{}{REPO}", gw.url)).send().await.is_err(),
+        "no new connections once stopping"
+    );
+    for task in in_flight {
+        let (status, body, path) = task.await.unwrap().expect("in-flight request finished");
+        assert_eq!(status, 200);
+        assert_eq!(body, body_for(&path, 100));
+    }
+    let exit = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert!(exit.success(), "a graceful stop exits 0: {exit}");
+
+    fake.set_delay(Duration::ZERO);
+    let gw = GatewayProcess::start(&fake.url(), dir.path(), &[]).await;
+    for path in [REPO.to_string(), "/repos/octo/slow0".to_string()] {
+        let r =
+            client.get(format!("{}{path}", gw.url)).header("authorization", "token t").send().await.unwrap();
+        assert_ne!(outcome(&r), "MISS", "{path} was flushed to disk before exit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sustained_mixed_load_keeps_memory_bounded_and_leaks_no_descriptors_or_tasks() {
+    let fake = FakeGitHub::start().await;
+    // 3,000 paths × 8 KiB × 3 credentials ≈ 72 MiB of answers against a 16 MiB store.
+    let paths: Vec<(String, String)> = (0..3000)
+        .map(|i| {
+            let path = format!("/repos/octo/m{i}");
+            let body = body_for(&path, 8 * 1024);
+            fake.put(&path, Resource::json(body.clone()));
+            (path, body)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let max_bytes = 16u64 << 20;
+    let hot_bytes = 4u64 << 20;
+    let gw = GatewayProcess::start(
+        &fake.url(),
+        dir.path(),
+        &[
+            ("GHGATE_CACHE__MAX_BYTES", &max_bytes.to_string()),
+            ("GHGATE_STORE__HOT_MAX_BYTES", &hot_bytes.to_string()),
+        ],
+    )
+    .await;
+    let paths = Arc::new(paths);
+    // Warm up with the same concurrency, so the runtime's workers and the upstream connection
+    // pool are at their working size before the baseline is taken.
+    let (stop, ok, bad) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let warm_up = spawn_load(gw.url.clone(), paths.clone(), 32, stop.clone(), ok.clone(), bad.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in warm_up {
+        task.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await; // idle; the upkeep task refreshes the gauges
+    let (rss_before, fds_before, tasks_before) =
+        (gw.memory_kib("VmRSS"), gw.open_fds(), gw.metric("ghgate_runtime_alive_tasks").await);
+
+    let (stop, ok, bad) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = spawn_load(gw.url.clone(), paths, 32, stop.clone(), ok.clone(), bad.clone());
+    // Writes and 404s alongside the reads.
+    let side = {
+        let (url, stop) = (gw.url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = support::client();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = client
+                    .get(format!("{url}/repos/octo/missing{}", n % 100))
+                    .header("authorization", "token w")
+                    .send()
+                    .await;
+                let _ = client
+                    .post(format!("{url}/repos/octo/m{}/issues", n % 3000))
+                    .header("authorization", "token w")
+                    .body(r#"{"title":"t"}"#)
+                    .send()
+                    .await;
+                n += 1;
+            }
+        })
+    };
+    let mut peak_rss = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        peak_rss = peak_rss.max(gw.memory_kib("VmRSS"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    side.await.unwrap();
+    // Idle connections close; the upkeep task refreshes the gauges.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (fds_after, tasks_after) = (gw.open_fds(), gw.metric("ghgate_runtime_alive_tasks").await);
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    let bound_kib = rss_before + (max_bytes + hot_bytes) / 1024 + 64 * 1024;
+    eprintln!(
+        "sustained load: {ok} reads ({bad} failed) in 8 s; RSS {rss_before} KiB before, peak {peak_rss} KiB (bound {bound_kib} KiB); \
+         fds {fds_before} → {fds_after}; tasks {tasks_before} → {tasks_after}"
+    );
+    assert_eq!(bad, 0, "every read answered with its own body");
+    assert!(ok > 1000, "the load ran: {ok}");
+    // The bound: the baseline, plus the configured store and memory tier, plus 64 MiB for
+    // fjall's block cache and journals, in-flight bodies and allocator slack.
+    assert!(peak_rss < bound_kib, "RSS peaked at {peak_rss} KiB, over {bound_kib} KiB");
+    assert!(fds_after <= fds_before + 8, "file descriptors leaked: {fds_before} → {fds_after}");
+    assert!(tasks_after <= tasks_before + 4.0, "tasks leaked: {tasks_before} → {tasks_after}");
+}
