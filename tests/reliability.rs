@@ -55,13 +55,13 @@ async fn a_body_reset_midway_reaches_no_client_as_complete_and_is_never_cached()
     fake.body_fault_next(BodyFault::Reset);
     let r = gw.get(REPO, Some("t")).await;
     let status = r.status();
-    match r.text().await {
-        Ok(body) => assert!(
+    // Either the client saw the answer break off, as it did upstream, or a clear error.
+    if let Ok(body) = r.text().await {
+        assert!(
             status != 200 && is_github_error(&body),
             "a reset body must not arrive as a complete 200: status {status}, {} bytes",
             body.len()
-        ),
-        Err(_) => {} // the client saw the answer break off, as it did upstream
+        );
     }
     let r = gw.get(REPO, Some("t")).await;
     assert_eq!(outcome(&r), "MISS", "the truncated body was not cached");
