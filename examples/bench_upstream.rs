@@ -2,7 +2,10 @@
 //! fake GitHub, serving `/repos/octo/hello` and `/bench/0` … `/bench/{N-1}` with GitHub's
 //! caching headers, ETags and rate-limit headers, until killed.
 //!
-//! Usage: `bench_upstream --port 18181 --resources 10000`
+//! Usage: `bench_upstream --port 18181 --resources 10000 [--max-age 60] [--stats-port 18182]`
+//!
+//! With `--stats-port`, `GET /` there answers `{"requests":…,"charged":…,"not_modified":…}`:
+//! what the proxies in front cost, counted where GitHub would count it.
 
 #[path = "../tests/support/fake_github.rs"]
 mod fake_github;
@@ -29,12 +32,37 @@ fn repo_json(n: u64) -> String {
 fn main() {
     let port = arg("--port", 18181) as u16;
     let resources = arg("--resources", 10_000);
+    let max_age = arg("--max-age", 60);
+    let stats_port = arg("--stats-port", 0) as u16;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
-        let fake = FakeGitHub::start_on(port).await;
+        let fake = std::sync::Arc::new(FakeGitHub::start_on(port).await);
+        // No budget runs out during a benchmark; max-age as asked (0: every read revalidates).
+        fake.set_limit(u64::MAX / 2);
+        fake.set_max_age(max_age);
         fake.put("/repos/octo/hello", Resource::json(repo_json(0)));
         for n in 0..resources {
             fake.put(&format!("/bench/{n}"), Resource::json(repo_json(n)));
+        }
+        // Stats answer only once every resource is in place: scripts wait for them.
+        if stats_port != 0 {
+            let fake = fake.clone();
+            let stats = axum::Router::new().route(
+                "/",
+                axum::routing::get(move || {
+                    let fake = fake.clone();
+                    async move {
+                        format!(
+                            r#"{{"requests":{},"charged":{},"not_modified":{}}}"#,
+                            fake.requests(),
+                            fake.charged(),
+                            fake.not_modified()
+                        )
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", stats_port)).await.unwrap();
+            tokio::spawn(async move { axum::serve(listener, stats).await.unwrap() });
         }
         println!("bench upstream on {} with {} resources", fake.url(), resources + 1);
         std::future::pending::<()>().await;
