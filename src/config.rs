@@ -633,6 +633,15 @@ impl Settings {
         Self::load_from(file, "GHGATE_", overrides)
     }
 
+    /// Settings from TOML text alone (defaults, then the text; no environment), validated.
+    /// What `check-config` does for a file, for callers that hold the text (fuzzing, tests).
+    pub fn from_toml_str(text: &str) -> Result<Settings, ConfigErrors> {
+        let figment = Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(text));
+        let settings: Settings = figment.extract_lossy().map_err(figment_errors)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// Like [`Settings::load`] with another environment prefix (tests use this).
     pub fn load_from(
         file: Option<&Path>,
