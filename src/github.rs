@@ -96,17 +96,12 @@ impl RateLimit {
 
     /// Writes these values over whatever rate-limit headers `headers` carries.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let values = [
-            self.limit.to_string(),
-            self.remaining.to_string(),
-            self.reset.to_string(),
-            self.used.to_string(),
-            self.resource.clone(),
-        ];
-        for (name, value) in RATE_LIMIT_HEADERS.iter().zip(values) {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name.clone(), v);
-            }
+        let numbers = [self.limit, self.remaining, self.reset, self.used];
+        for (name, value) in RATE_LIMIT_HEADERS.iter().zip(numbers) {
+            headers.insert(name.clone(), HeaderValue::from(value));
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.resource) {
+            headers.insert(RATE_LIMIT_HEADERS[4].clone(), v);
         }
     }
 

@@ -78,6 +78,11 @@ impl InboundLimiter {
         InboundLimiter { limiter, clock: DefaultClock::default() }
     }
 
+    /// Whether the limiter is on (callers skip building keys when it is not).
+    pub fn is_enabled(&self) -> bool {
+        self.limiter.is_some()
+    }
+
     /// `Err(wait)` when `key` is over its rate.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else { return Ok(()) };

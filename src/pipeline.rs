@@ -283,9 +283,16 @@ impl Gateway {
             let response = self.cors.preflight(&parts.headers);
             return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
         }
-        // The inbound limiter keys on the client's credential, else its real address.
-        let client = if parts.headers.contains_key(http::header::AUTHORIZATION) {
-            format!("k:{}", self.partitioner.partition(&parts.headers))
+        // The inbound limiter keys on the client's credential, else its real address. The
+        // credential's partition is kept for identification, which needs it too.
+        let mut credential_partition = None;
+        let client = if !self.inbound.is_enabled() {
+            String::new()
+        } else if parts.headers.contains_key(http::header::AUTHORIZATION) {
+            let partition = self.partitioner.partition(&parts.headers);
+            let key = format!("k:{partition}");
+            credential_partition = Some(partition);
+            key
         } else {
             let trusted = &self.settings.server.trusted_proxies;
             let address = crate::inbound::client_address(
@@ -307,7 +314,7 @@ impl Gateway {
             return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
         }
         let mut parts = parts;
-        let caller = match self.identify(&mut parts).await {
+        let caller = match self.identify(&mut parts, credential_partition).await {
             Ok(caller) => caller,
             Err(rejection) => {
                 let response = github::error_response(rejection.status, &rejection.message);
@@ -324,10 +331,14 @@ impl Gateway {
 
     /// Phase 2: who the request acts as. A broker client's key is swapped for its app
     /// installation (the key itself never goes upstream); anything else keeps its credential.
-    async fn identify(&self, parts: &mut Parts) -> Result<Caller, crate::app_auth::Rejection> {
+    async fn identify(
+        &self,
+        parts: &mut Parts,
+        credential_partition: Option<Partition>,
+    ) -> Result<Caller, crate::app_auth::Rejection> {
         match self.broker.identify(&parts.headers, parts.uri.path())? {
             Identity::PassThrough => Ok(Caller {
-                partition: self.partitioner.partition(&parts.headers),
+                partition: credential_partition.unwrap_or_else(|| self.partitioner.partition(&parts.headers)),
                 auth: UpstreamAuth::Client,
             }),
             Identity::App(request) => {
@@ -632,7 +643,7 @@ impl Gateway {
                     &request_headers,
                     prior.status,
                     merged,
-                    prior.body.clone(),
+                    Stored::Refreshed(prior.body.clone()),
                     credential_tag,
                 )
                 .await;
@@ -699,7 +710,7 @@ impl Gateway {
                 &request_headers,
                 status,
                 response_headers.clone(),
-                body.clone(),
+                Stored::Fetched(body.clone()),
                 credential_tag,
             )
             .await;
@@ -729,10 +740,17 @@ impl Gateway {
         request_headers: &HeaderMap,
         status: StatusCode,
         headers: HeaderMap,
-        body: Bytes,
+        body: Stored,
         credential_tag: Option<u64>,
     ) -> Option<Arc<CachedResponse>> {
         let now = SystemTime::now();
+        let (body, refreshed) = match body {
+            // A copy of exactly the body's size: the chunk it came in may be a slice of a much
+            // larger read buffer, which would stay pinned for the entry's whole life.
+            Stored::Fetched(body) => (Bytes::copy_from_slice(&body), false),
+            // Already a detached copy: share it.
+            Stored::Refreshed(body) => (body, true),
+        };
         let verdict = self.policy.evaluate(partition, path, request_headers, status, &headers, now)?;
         let vary = policy::extra_vary_names(&headers)
             .into_iter()
@@ -744,9 +762,7 @@ impl Gateway {
         let entry = Arc::new(CachedResponse {
             status,
             headers: detach_headers(&headers),
-            // A copy of exactly the body's size: the chunk it came in may be a slice of a much
-            // larger read buffer, which would stay pinned for the entry's whole life.
-            body: Bytes::copy_from_slice(&body),
+            body,
             response_time: now,
             initial_age: verdict.initial_age,
             freshness: verdict.freshness,
@@ -755,8 +771,13 @@ impl Gateway {
             credential_tag,
         });
         self.metrics.cache_stores.increment(1);
-        if let Err(e) = self.responses.put(key.key.clone(), Arc::clone(&entry), entry.time_to_keep(now)).await
-        {
+        let ttl = entry.time_to_keep(now);
+        let stored = if refreshed {
+            self.responses.put_refreshed(key.key.clone(), Arc::clone(&entry), ttl).await
+        } else {
+            self.responses.put(key.key.clone(), Arc::clone(&entry), ttl).await
+        };
+        if let Err(e) = stored {
             // The memory tier has it; the backend's failure is counted and logged by the backend.
             tracing::debug!(error = %e, "cache entry kept in memory only");
         }
@@ -1257,6 +1278,12 @@ impl Gateway {
     }
 }
 
+/// The body of an answer to store: fetched just now, or the body of an entry a 304 refreshed.
+enum Stored {
+    Fetched(Bytes),
+    Refreshed(Bytes),
+}
+
 /// Phase 1: refuses requests a proxy must not forward.
 pub fn check_request(parts: &Parts) -> Result<(), String> {
     if parts.method == Method::CONNECT {
@@ -1272,15 +1299,40 @@ pub fn check_request(parts: &Parts) -> Result<(), String> {
     check_path(path)
 }
 
+/// `.` or `..`, each dot possibly written `%2e` / `%2E` (checked without allocating: this
+/// runs on every request).
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2].eq_ignore_ascii_case(&b'e')
+        {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
+}
+
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// Refuses dot segments (also percent-encoded): appended to an enterprise base such as
 /// `/api/v3`, `..` would climb out of it.
 pub fn check_path(path: &str) -> Result<(), String> {
     for segment in path.split('/') {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        if decoded == "." || decoded == ".." {
+        if is_dot_segment(segment) {
             return Err("dot segments ('.' or '..') are not allowed in request paths".into());
         }
-        if segment.contains('\\') || segment.to_ascii_lowercase().contains("%5c") {
+        if segment.contains('\\') || contains_ignore_ascii_case(segment.as_bytes(), b"%5c") {
             return Err("backslashes are not allowed in request paths".into());
         }
     }
@@ -1464,6 +1516,14 @@ mod tests {
         assert!(check_request(&parts("GET", "/a/%5c/b")).is_err());
         assert!(check_request(&parts("CONNECT", "example.com:443")).is_err());
         assert!(check_request(&parts("GET", "http://evil.example/x")).is_err());
+        for dots in [".", "..", "%2e", "%2E%2e", ".%2e", "%2e."] {
+            assert!(check_path(&format!("/a/{dots}/b")).is_err(), "{dots}");
+            assert!(check_path(&format!("/a/{dots}")).is_err(), "{dots} at the end");
+        }
+        for fine in ["...", ".a", "a.", "%2e%2e%2e", "%2", "v1.2", "%2ex", ""] {
+            assert!(check_path(&format!("/a/{fine}/b")).is_ok(), "{fine}");
+        }
+        assert!(check_path("/a/%5C").is_err() && check_path("/a/b\\c").is_err());
     }
 
     #[test]

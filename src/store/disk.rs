@@ -61,7 +61,8 @@ impl DiskStore {
     /// index from what is on disk, dropping expired entries.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> Result<DiskStore, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let db = match Database::builder(dir).open() {
+        let memory = FjallMemory::for_max_bytes(max_bytes);
+        let db = match memory.apply(Database::builder(dir)).open() {
             Ok(db) => db,
             Err(first) => {
                 // A cache is disposable: a store that cannot be recovered (a damaged journal
@@ -78,14 +79,17 @@ impl DiskStore {
                     "the disk store could not be recovered; starting with an empty one"
                 );
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-                Database::builder(dir)
+                memory
+                    .apply(Database::builder(dir))
                     .open()
                     .map_err(|e| format!("{first}; a fresh store failed too: {e}"))?
             }
         };
         let data = db
             .keyspace("cache", || {
-                KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
+                KeyspaceCreateOptions::default()
+                    .with_kv_separation(Some(KvSeparationOptions::default()))
+                    .max_memtable_size(memory.memtable)
             })
             .map_err(|e| e.to_string())?;
         let on_disk = data.clone();
@@ -253,6 +257,29 @@ impl Store for DiskStore {
 
     fn location(&self) -> String {
         format!("disk {} (max {} bytes)", self.dir.display(), self.max_bytes)
+    }
+}
+
+/// The memory fjall itself may use, scaled to the store's size so that `cache.max_bytes`
+/// also bounds it: fjall's defaults (a 64 MiB memtable per keyspace, a 32 MiB block cache)
+/// would otherwise add ~100 MiB to RSS under write-heavy loads, whatever the store's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FjallMemory {
+    /// Largest memtable (writes held in memory before they are flushed to a segment).
+    memtable: u64,
+    /// Block cache for reads.
+    block_cache: u64,
+}
+
+impl FjallMemory {
+    /// A sixteenth of the store each, between 4 MiB and fjall's defaults.
+    fn for_max_bytes(max_bytes: u64) -> FjallMemory {
+        let share = (max_bytes / 16).clamp(4 << 20, 64 << 20);
+        FjallMemory { memtable: share, block_cache: share.min(32 << 20) }
+    }
+
+    fn apply(self, builder: fjall::DatabaseBuilder<Database>) -> fjall::DatabaseBuilder<Database> {
+        builder.cache_size(self.block_cache)
     }
 }
 

@@ -15,7 +15,14 @@ use crate::telemetry::Metrics;
 struct Hot {
     entry: Arc<CachedResponse>,
     ttl: Duration,
+    /// When the backend's copy was last written (for [`ResponseCache::put_refreshed`]).
+    persisted_at: SystemTime,
 }
+
+/// How stale the backend's copy of an entry refreshed by a 304 may get before it is rewritten
+/// (non-shared backends only). A 304 changes only times and a few headers; rewriting the whole
+/// answer on every revalidation made a revalidation-heavy load write-bound.
+pub const REFRESH_PERSIST_INTERVAL: Duration = Duration::from_secs(30);
 
 struct ByTtl;
 
@@ -82,7 +89,8 @@ impl ResponseCache {
                     return Ok(None);
                 }
                 let entry = Arc::new(entry);
-                self.hot.insert(key.to_string(), Hot { entry: Arc::clone(&entry), ttl }).await;
+                let persisted_at = entry.response_time;
+                self.hot.insert(key.to_string(), Hot { entry: Arc::clone(&entry), ttl, persisted_at }).await;
                 Ok(Some(entry))
             }
             Err(e) => {
@@ -104,11 +112,34 @@ impl ResponseCache {
     ) -> Result<(), StoreError> {
         let encoded = self.backend.as_ref().map(|_| codec::encode_response(&entry));
         let backend_key = Self::backend_key(&key);
-        self.hot.insert(key, Hot { entry, ttl }).await;
+        self.hot.insert(key, Hot { entry, ttl, persisted_at: SystemTime::now() }).await;
         match (&self.backend, encoded) {
             (Some(backend), Some(bytes)) => backend.put(&backend_key, bytes, ttl).await,
             _ => Ok(()),
         }
+    }
+
+    /// Stores an entry that a 304 refreshed. Its body is what the backend already holds, so
+    /// with a backend of this process alone (disk) the backend's copy is rewritten only when it
+    /// is older than [`REFRESH_PERSIST_INTERVAL`]; the memory tier always gets the new entry.
+    /// After a restart the older copy just revalidates (free) sooner. A shared backend (Redis)
+    /// is always written, so other replicas see the refresh.
+    pub async fn put_refreshed(
+        &self,
+        key: String,
+        entry: Arc<CachedResponse>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if self.backend.as_ref().is_some_and(|b| !b.is_shared()) {
+            if let Some(hot) = self.hot.get(&key).await {
+                let age = SystemTime::now().duration_since(hot.persisted_at).unwrap_or_default();
+                if age < REFRESH_PERSIST_INTERVAL {
+                    self.hot.insert(key, Hot { entry, ttl, persisted_at: hot.persisted_at }).await;
+                    return Ok(());
+                }
+            }
+        }
+        self.put(key, entry, ttl).await
     }
 
     /// Forgets `key` in both tiers.
@@ -177,5 +208,62 @@ impl ResponseCache {
             Some(b) => format!("{} with a {} byte memory tier", b.location(), self.hot_max_bytes),
             None => format!("memory (max {} bytes)", self.hot_max_bytes),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Freshness;
+    use crate::store::MemoryStore;
+
+    fn entry_at(response_time: SystemTime) -> Arc<CachedResponse> {
+        Arc::new(CachedResponse {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"{}"),
+            response_time,
+            initial_age: Duration::ZERO,
+            freshness: Freshness {
+                fresh_for: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                keep_stale_for: Duration::from_secs(3600),
+            },
+            vary: Vec::new(),
+            path_key: "/repos/o/r".into(),
+            credential_tag: None,
+        })
+    }
+
+    /// Now, at the millisecond precision the codec keeps.
+    fn now_ms() -> SystemTime {
+        let ms = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        std::time::UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    #[tokio::test]
+    async fn a_refresh_rewrites_the_backend_copy_only_when_it_has_aged() {
+        let backend: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 20));
+        let cache = ResponseCache::new(1 << 20, Some(backend), Metrics::new());
+        let first = now_ms();
+        let ttl = Duration::from_secs(3600);
+        cache.put("k".into(), entry_at(first), ttl).await.unwrap();
+        let refreshed = first + Duration::from_secs(1);
+        cache.put_refreshed("k".into(), entry_at(refreshed), ttl).await.unwrap();
+        assert_eq!(cache.get("k").await.unwrap().unwrap().response_time, refreshed, "memory tier refreshed");
+        assert_eq!(
+            cache.get_from_backend("k").await.unwrap().unwrap().response_time,
+            first,
+            "backend copy left alone within the interval"
+        );
+
+        // Once the backend's copy is older than the interval, a refresh writes it.
+        let old = now_ms() - REFRESH_PERSIST_INTERVAL - Duration::from_secs(1);
+        cache.put("k".into(), entry_at(old), ttl).await.unwrap();
+        cache.hot.insert("k".into(), Hot { entry: entry_at(old), ttl, persisted_at: old }).await;
+        let now = now_ms();
+        cache.put_refreshed("k".into(), entry_at(now), ttl).await.unwrap();
+        assert_eq!(cache.get_from_backend("k").await.unwrap().unwrap().response_time, now);
     }
 }
