@@ -85,8 +85,8 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
     let (shutdown, watcher) = watch::channel(false);
-    let proxy_app = Router::new().fallback(proxy_handler).with_state(Arc::clone(&gateway));
-    let admin_app = admin_router(Arc::clone(&gateway));
+    let proxy_app = App::Proxy(Arc::clone(&gateway));
+    let admin_app = App::Admin(admin_router(Arc::clone(&gateway)));
 
     let limits = ConnectionLimits {
         header_read_timeout: settings.server.header_read_timeout,
@@ -147,9 +147,17 @@ struct ConnectionLimits {
 /// `shutdown_grace`. HTTP/1.1 and HTTP/2 (prior knowledge); a client that does not finish its
 /// request headers within `header_read_timeout` is dropped (slowloris), and headers larger
 /// than `max_header_bytes` are refused by hyper with 431.
+/// What a listener serves: the proxy hands every request straight to the pipeline (no
+/// routing to do, and this is the hot path); the admin listener routes with axum.
+#[derive(Clone)]
+enum App {
+    Proxy(Arc<Gateway>),
+    Admin(Router),
+}
+
 async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     mut stop: watch::Receiver<bool>,
     name: &'static str,
     limits: ConnectionLimits,
@@ -181,9 +189,21 @@ async fn serve(
         let app = app.clone();
         let service =
             hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                let mut app = app.clone();
-                async move { tower::Service::call(&mut app, request).await }
+                use futures::future::Either;
+                match &app {
+                    App::Proxy(gateway) => {
+                        let gateway = Arc::clone(gateway);
+                        let request = request.map(Body::new);
+                        Either::Left(async move {
+                            Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await)
+                        })
+                    }
+                    App::Admin(router) => {
+                        request.extensions_mut().insert(ConnectInfo(peer));
+                        let mut router = router.clone();
+                        Either::Right(async move { tower::Service::call(&mut router, request).await })
+                    }
+                }
             });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
@@ -198,14 +218,6 @@ async fn serve(
             warn!(listener = name, grace = ?limits.shutdown_grace, "in-flight requests cut off after server.shutdown_grace");
         }
     }
-}
-
-async fn proxy_handler(
-    State(gateway): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: axum::extract::Request,
-) -> Response {
-    gateway.handle(request, peer).await
 }
 
 fn admin_router(gateway: Arc<Gateway>) -> Router {
