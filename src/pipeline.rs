@@ -77,6 +77,8 @@ pub struct Gateway {
     cors: Cors,
     /// When an unsafe request last changed a path; entries older than that are stale.
     invalidated: moka::sync::Cache<String, SystemTime>,
+    /// Set by the first staleness mark; until then hits skip the mark look-ups.
+    any_marks: std::sync::atomic::AtomicBool,
     /// Repositories (`owner/repo`) that sent a webhook delivery recently: their changes
     /// would invalidate, so their entries may stay fresh longer.
     covered: moka::sync::Cache<String, SystemTime>,
@@ -213,6 +215,7 @@ impl Gateway {
                 .max_capacity(100_000)
                 .time_to_live(settings.webhooks.coverage_window.max(Duration::from_secs(1)))
                 .build(),
+            any_marks: std::sync::atomic::AtomicBool::new(false),
             invalidated: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(settings.cache.retain_stale.max(Duration::from_secs(60)))
@@ -262,26 +265,19 @@ impl Gateway {
     pub async fn handle(self: Arc<Self>, request: http::Request<Body>, peer: SocketAddr) -> Response {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
-        let public_base = rewrite::public_base(
-            self.public_url.as_deref(),
-            &parts.headers,
-            &parts.uri,
-            peer.ip(),
-            &self.settings.server.trusted_proxies,
-        );
         if parts.uri.path() == crate::webhook::PATH && parts.method == Method::POST {
             let response = self.receive_webhook(&parts, body).await;
-            return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+            return self.finish(response, Outcome::Bypass, peer, started, &parts, None);
         }
         if let Err(message) = check_request(&parts) {
             self.metrics.bad_requests.increment(1);
             warn!(%peer, method = %parts.method, %message, "refused malformed request");
             let response = github::error_response(StatusCode::BAD_REQUEST, &message);
-            return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+            return self.finish(response, Outcome::Bypass, peer, started, &parts, None);
         }
         if self.cors.is_preflight(&parts.method, &parts.headers) {
             let response = self.cors.preflight(&parts.headers);
-            return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+            return self.finish(response, Outcome::Bypass, peer, started, &parts, None);
         }
         // The inbound limiter keys on the client's credential, else its real address. The
         // credential's partition is kept for identification, which needs it too.
@@ -311,14 +307,14 @@ impl Gateway {
             );
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-            return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+            return self.finish(response, Outcome::Bypass, peer, started, &parts, None);
         }
         let mut parts = parts;
         let caller = match self.identify(&mut parts, credential_partition).await {
             Ok(caller) => caller,
             Err(rejection) => {
                 let response = github::error_response(rejection.status, &rejection.message);
-                return self.finish(response, Outcome::Bypass, public_base.as_deref(), started, &parts, None);
+                return self.finish(response, Outcome::Bypass, peer, started, &parts, None);
             }
         };
         let (response, outcome) = if self.is_cacheable(&parts) {
@@ -326,7 +322,7 @@ impl Gateway {
         } else {
             self.pass_through(&parts, body, &caller).await
         };
-        self.finish(response, outcome, public_base.as_deref(), started, &parts, Some(&caller.partition))
+        self.finish(response, outcome, peer, started, &parts, Some(&caller.partition))
     }
 
     /// Phase 2: who the request acts as. A broker client's key is swapped for its app
@@ -358,13 +354,25 @@ impl Gateway {
         &self,
         mut response: Response,
         outcome: Outcome,
-        public_base: Option<&str>,
+        peer: SocketAddr,
         started: Instant,
         parts: &Parts,
         partition: Option<&Partition>,
     ) -> Response {
-        if let Some(base) = public_base {
-            rewrite::rewrite_headers(response.headers_mut(), &self.upstream_base, base);
+        // Upstream URLs in Link / Location become the gateway's (the base is worked out only
+        // for answers that carry one).
+        let headers = response.headers();
+        if headers.contains_key(http::header::LINK) || headers.contains_key(http::header::LOCATION) {
+            let public_base = rewrite::public_base(
+                self.public_url.as_deref(),
+                &parts.headers,
+                &parts.uri,
+                peer.ip(),
+                &self.settings.server.trusted_proxies,
+            );
+            if let Some(base) = public_base {
+                rewrite::rewrite_headers(response.headers_mut(), &self.upstream_base, &base);
+            }
         }
         response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(outcome.as_str()));
         self.cors.apply(&parts.headers, response.headers_mut());
@@ -967,7 +975,7 @@ impl Gateway {
     /// every replica (they pick marks up within a second, see [`Gateway::pull_marks`]).
     async fn mark_stale(&self, scope: String) {
         let now = SystemTime::now();
-        self.invalidated.insert(scope.clone(), now);
+        self.mark(scope.clone(), now);
         if let Some(backend) = self.responses.backend().filter(|b| b.is_shared()) {
             let millis = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
             let ttl = MARK_TTL;
@@ -991,7 +999,7 @@ impl Gateway {
         self.metrics.activity.event("invalidation", what);
         match (path, owner, repo) {
             (Some(path), _, _) => {
-                self.invalidated.insert(crate::cache::key::path_key(path), SystemTime::now());
+                self.mark(crate::cache::key::path_key(path), SystemTime::now());
             }
             (None, Some(owner), Some(repo)) => {
                 self.mark_stale(format!("repo:{}/{}", owner.to_ascii_lowercase(), repo.to_ascii_lowercase()))
@@ -1015,14 +1023,24 @@ impl Gateway {
             let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(bytes));
             let scope = key.trim_start_matches("inv:").to_string();
             if self.invalidated.get(&scope).is_none_or(|t| t < at) {
-                self.invalidated.insert(scope, at);
+                self.mark(scope, at);
             }
         }
+    }
+
+    /// Records a staleness mark for a path key or a scope (`repo:o/r`, `owner:o`).
+    fn mark(&self, key: String, at: SystemTime) {
+        self.any_marks.store(true, std::sync::atomic::Ordering::Release);
+        self.invalidated.insert(key, at);
     }
 
     /// Whether something changed an entry after it was fetched: a write to its path, or a
     /// webhook about its repository or owner.
     fn is_marked_stale(&self, entry: &CachedResponse) -> bool {
+        // Until the first mark, nothing can be stale by one (and hits skip the look-ups).
+        if !self.any_marks.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         let after = |key: &str| self.invalidated.get(key).is_some_and(|t| t >= entry.response_time);
         if after(&entry.path_key) {
             return true;
@@ -1124,7 +1142,7 @@ impl Gateway {
     /// (and its `Location`) stale, in every partition.
     fn invalidate_after_unsafe(&self, path: &str, response_headers: &HeaderMap) {
         let now = SystemTime::now();
-        self.invalidated.insert(crate::cache::key::path_key(path), now);
+        self.mark(crate::cache::key::path_key(path), now);
         self.metrics.invalidations.increment(1);
         self.metrics
             .activity
@@ -1132,7 +1150,7 @@ impl Gateway {
         let location = response_headers.get(http::header::LOCATION).and_then(|v| v.to_str().ok());
         if let Some(rest) = location.and_then(|l| l.strip_prefix(self.upstream_base.as_str())) {
             if rest.starts_with('/') {
-                self.invalidated.insert(crate::cache::key::path_key(rest), now);
+                self.mark(crate::cache::key::path_key(rest), now);
             }
         }
     }
@@ -1247,9 +1265,7 @@ impl Gateway {
         now: SystemTime,
     ) -> Response {
         let mut headers = entry.headers.clone();
-        if let Ok(age) = HeaderValue::from_str(&entry.age(now).as_secs().to_string()) {
-            headers.insert(AGE, age);
-        }
+        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
         self.apply_rate_limit(partition, &mut headers);
         if entry.satisfies_conditional(client) {
             return not_modified(headers);

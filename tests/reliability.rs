@@ -433,13 +433,16 @@ async fn sustained_mixed_load_keeps_memory_bounded_and_leaks_no_descriptors_or_t
     let bound_kib = rss_before + (max_bytes + hot_bytes) / 1024 + 64 * 1024;
     eprintln!(
         "sustained load: {ok} reads ({bad} failed) in 8 s; RSS {rss_before} KiB before, peak {peak_rss} KiB (bound {bound_kib} KiB); \
-         fds {fds_before} → {fds_after}; tasks {tasks_before} → {tasks_after}"
+         fds (sockets, files) {fds_before:?} → {fds_after:?}; tasks {tasks_before} → {tasks_after}"
     );
     assert_eq!(bad, 0, "every read answered with its own body");
     assert!(ok > 1000, "the load ran: {ok}");
     // The bound: the baseline, plus the configured store and memory tier, plus 64 MiB for
     // fjall's block cache and journals, in-flight bodies and allocator slack.
     assert!(peak_rss < bound_kib, "RSS peaked at {peak_rss} KiB, over {bound_kib} KiB");
-    assert!(fds_after <= fds_before + 8, "file descriptors leaked: {fds_before} → {fds_after}");
+    // Connections (sockets) return to their idle number; files are the disk store's segments,
+    // which fjall keeps open up to its descriptor cache (400 on Linux) as the store grows.
+    assert!(fds_after.0 <= fds_before.0 + 4, "sockets leaked: {fds_before:?} → {fds_after:?}");
+    assert!(fds_after.1 < 400 + 16, "store files beyond fjall's descriptor cache: {fds_after:?}");
     assert!(tasks_after <= tasks_before + 4.0, "tasks leaked: {tasks_before} → {tasks_after}");
 }

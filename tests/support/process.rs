@@ -106,9 +106,17 @@ impl GatewayProcess {
             .unwrap_or_else(|| panic!("{field} not in /proc status"))
     }
 
-    /// Open file descriptors.
-    pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
+    /// Open file descriptors: (sockets, everything else).
+    pub fn open_fds(&self) -> (usize, usize) {
+        let mut sockets = 0;
+        let mut others = 0;
+        for fd in std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().flatten() {
+            match std::fs::read_link(fd.path()) {
+                Ok(target) if target.to_string_lossy().starts_with("socket:") => sockets += 1,
+                _ => others += 1,
+            }
+        }
+        (sockets, others)
     }
 
     /// One metric from `/metrics`.
