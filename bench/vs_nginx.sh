@@ -5,6 +5,7 @@
 #   bash bench/vs_nginx.sh                    # 10 s per run
 #   DURATION=30s CONNECTIONS=100 bash bench/vs_nginx.sh
 #   WORKLOADS="hot zipf" bash bench/vs_nginx.sh
+#   RUNS=5 bash bench/vs_nginx.sh             # the median of 5 runs (by throughput) per proxy
 #
 # For each workload, each proxy is started afresh (empty cache) in front of one upstream (the
 # test suite's fake GitHub: ETags per credential, free 304s, units counted per answer), loaded
@@ -26,6 +27,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
+RUNS=${RUNS:-1}
 WORKLOADS=${WORKLOADS:-hot zipf credentials revalidate cold}
 UP_PORT=${UP_PORT:-18281}
 STATS_PORT=${STATS_PORT:-18282}
@@ -156,26 +158,36 @@ run() { # workload
 $(( $(json requests <<<"$after") - $(json requests <<<"$before") )) $(( $(json charged <<<"$after") - $(json charged <<<"$before") ))"
 }
 
+# The run with the median throughput (of RUNS).
+median() { sort -n -k1,1 "$1" | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
+
 ms() { awk -v us="$1" 'BEGIN { if (us >= 1000) printf "%.2f ms", us / 1000; else printf "%d µs", us }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print (a == 0 ? "=" : "∞"); else printf "%.2f×", a / b }'; }
 
-echo "## ghgate vs nginx, one run each, same upstream and requests"
+echo "## ghgate vs nginx, same upstream and requests"
 echo
-echo "$(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION per run; each proxy starts with an empty cache."
+echo "$(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION per run, median of $RUNS run(s) by throughput; each proxy starts with an empty cache."
 echo
 echo "| workload | proxy | req/s | p50 | p99 | p99.9 | errors | CPU s | peak RSS | upstream requests | units spent |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for workload in $WORKLOADS; do
   max_age=60; validity=1m
   if [ "$workload" = revalidate ]; then max_age=0; validity=1s; fi
-  start_upstream "$max_age"
-  start_nginx "$validity"
-  read -r n_rps n_p50 n_p99 n_p999 n_err n_cpu n_rss n_up n_units < <(run "$workload")
-  stop_nginx
-  start_ghgate
-  read -r g_rps g_p50 g_p99 g_p999 g_err g_cpu g_rss g_up g_units < <(run "$workload")
-  stop_ghgate
-  stop_upstream
+  : >"$work/nginx.runs"
+  : >"$work/ghgate.runs"
+  for _ in $(seq "$RUNS"); do
+    # Each run starts both proxies afresh, alternating, so drift hits both alike.
+    start_upstream "$max_age"
+    start_nginx "$validity"
+    run "$workload" >>"$work/nginx.runs"
+    stop_nginx
+    start_ghgate
+    run "$workload" >>"$work/ghgate.runs"
+    stop_ghgate
+    stop_upstream
+  done
+  read -r n_rps n_p50 n_p99 n_p999 n_err n_cpu n_rss n_up n_units < <(median "$work/nginx.runs")
+  read -r g_rps g_p50 g_p99 g_p999 g_err g_cpu g_rss g_up g_units < <(median "$work/ghgate.runs")
   echo "| $workload | nginx | $n_rps | $(ms "$n_p50") | $(ms "$n_p99") | $(ms "$n_p999") | $n_err | $n_cpu | $n_rss MiB | $n_up | $n_units |"
   echo "| | ghgate | $g_rps | $(ms "$g_p50") | $(ms "$g_p99") | $(ms "$g_p999") | $g_err | $g_cpu | $g_rss MiB | $g_up | $g_units |"
   echo "| | ghgate / nginx | $(ratio "$g_rps" "$n_rps") | $(ratio "$g_p50" "$n_p50") | $(ratio "$g_p99" "$n_p99") | $(ratio "$g_p999" "$n_p999") | | $(ratio "$g_cpu" "$n_cpu") | $(ratio "$g_rss" "$n_rss") | $(ratio "$g_up" "$n_up") | $(ratio "$g_units" "$n_units") |"
