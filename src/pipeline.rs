@@ -1023,6 +1023,11 @@ impl Gateway {
             let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(bytes));
             let scope = key.trim_start_matches("inv:").to_string();
             if self.invalidated.get(&scope).is_none_or(|t| t < at) {
+                // Marks made while this replica runs show on its status page too.
+                if self.metrics.activity.started().is_some_and(|started| at > started) {
+                    let what = scope.replacen(':', " ", 1);
+                    self.metrics.activity.event("invalidation", format!("from another replica: {what}"));
+                }
                 self.mark(scope, at);
             }
         }

@@ -179,6 +179,17 @@ async fn with_two_replicas_on_redis_both_drop_the_entry() {
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(outcome(&a.get("/repos/octo/hello", Some("t")).await), "REVALIDATED");
     assert_eq!(outcome(&b.get("/repos/octo/hello", Some("t")).await), "REVALIDATED", "B saw A's delivery");
+    // B's status page lists the invalidation it picked up.
+    let status = b.client.get(format!("{}/status.json", b.admin_url)).send().await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status.text().await.unwrap()).unwrap();
+    assert!(
+        status["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["what"] == "from another replica: repo octo/hello"),
+        "{status}"
+    );
 }
 
 async fn gw_warm(gw: &TestGateway) {
