@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::cache::Outcome;
 use crate::config::Settings;
+use crate::github;
 use crate::identity;
 use crate::pipeline::Gateway;
 use crate::store::{self, Health};
@@ -259,8 +260,10 @@ async fn require_admin_token(
     use subtle::ConstantTimeEq;
     let ok = presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()));
     if !ok {
-        let body = serde_json::json!({ "message": "Requires authentication: Authorization: Bearer <server.admin_token>", "documentation_url": crate::github::DOCUMENTATION_URL });
-        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+        return github::error_response(
+            StatusCode::UNAUTHORIZED,
+            "Requires authentication: Authorization: Bearer <server.admin_token>",
+        );
     }
     next.run(request).await
 }
@@ -309,8 +312,7 @@ async fn purge(
     axum::extract::Query(q): axum::extract::Query<Purge>,
 ) -> Response {
     if q.path.is_none() && q.owner.is_none() {
-        let body = serde_json::json!({ "message": "give path, or owner (and repo)", "documentation_url": crate::github::DOCUMENTATION_URL });
-        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        return github::error_response(StatusCode::BAD_REQUEST, "give path, or owner (and repo)");
     }
     gateway.purge(q.path.as_deref(), q.owner.as_deref(), q.repo.as_deref()).await;
     info!(path = ?q.path, owner = ?q.owner, repo = ?q.repo, "purged");
@@ -388,18 +390,14 @@ async fn clear_negative(
     axum::extract::Query(q): axum::extract::Query<ClearNegative>,
 ) -> Response {
     if q.repo.is_some() && q.owner.is_none() {
-        let body = serde_json::json!({ "message": "repo needs owner", "documentation_url": crate::github::DOCUMENTATION_URL });
-        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        return github::error_response(StatusCode::BAD_REQUEST, "repo needs owner");
     }
     match gateway.negative().clear(q.rule.as_deref(), q.owner.as_deref(), q.repo.as_deref()).await {
         Ok(removed) => {
             info!(rule = ?q.rule, owner = ?q.owner, repo = ?q.repo, removed, "cleared negative entries");
             axum::Json(serde_json::json!({ "removed": removed })).into_response()
         }
-        Err(e) => {
-            let body = serde_json::json!({ "message": format!("store error: {e}"), "documentation_url": crate::github::DOCUMENTATION_URL });
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-        }
+        Err(e) => github::error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("store error: {e}")),
     }
 }
 
