@@ -1,13 +1,12 @@
 //! What the status page shows over time: rate-limit units spent and saved per minute over the
 //! last hour, and a short log of recent negative-cache hits and invalidations.
 //!
-//! Both are bounded (61 minute samples, [`EVENTS_KEPT`] events) and cheap to feed: the hot
-//! path only bumps atomics; the upkeep task turns the running totals into per-minute samples,
-//! and events — rare next to cache hits — take a short lock with no await inside.
+//! Both are bounded (61 minute samples, [`EVENTS_KEPT`] events) and cost the hot path nothing:
+//! the upkeep task snapshots the metrics' running totals into per-minute samples, and events —
+//! rare next to cache hits — take a short lock with no await inside.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -71,54 +70,20 @@ pub struct Event {
     pub count: u64,
 }
 
-/// Counters and logs behind the status page.
+/// The history and log behind the status page. The running totals themselves are counted
+/// by [`crate::telemetry::Metrics`] (which owns every count); this keeps snapshots of them.
 #[derive(Debug, Default)]
 pub struct Activity {
-    spent: AtomicU64,
-    saved: AtomicU64,
-    answers: AtomicU64,
-    local: AtomicU64,
     minutes: Mutex<VecDeque<(u64, Totals)>>,
     events: Mutex<VecDeque<Event>>,
     started: std::sync::OnceLock<SystemTime>,
 }
 
 impl Activity {
-    /// Counts one upstream answer that cost a unit.
-    pub fn spent(&self) {
-        self.spent.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts one answer that cost no unit.
-    pub fn saved(&self) {
-        self.saved.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts one answered request; `local` when no paid upstream request was needed.
-    pub fn answered(&self, local: bool) {
-        self.answers.fetch_add(1, Ordering::Relaxed);
-        if local {
-            self.local.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The running totals now.
-    pub fn totals(&self) -> Totals {
-        Totals {
-            spent: self.spent.load(Ordering::Relaxed),
-            saved: self.saved.load(Ordering::Relaxed),
-            answers: self.answers.load(Ordering::Relaxed),
-            local: self.local.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Records the totals as the latest sample of the current minute (called every few seconds).
-    pub fn sample(&self, now: SystemTime) {
+    /// Records `totals` as the latest sample of the current minute (called every few seconds).
+    pub fn sample(&self, now: SystemTime, totals: Totals) {
         self.started.get_or_init(|| now);
-        self.sample_totals(minute_of(now), self.totals());
-    }
-
-    fn sample_totals(&self, minute: u64, totals: Totals) {
+        let minute = minute_of(now);
         let mut minutes = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
         match minutes.back_mut() {
             Some((m, t)) if *m == minute => *t = totals,
@@ -130,20 +95,23 @@ impl Activity {
         }
     }
 
-    /// The last `count` minutes up to and including the current one, oldest first; the
-    /// current minute counts up to now.
-    pub fn last_minutes(&self, now: SystemTime, count: usize) -> Vec<Minute> {
+    /// The last `count` minutes up to and including the current one, oldest first, with the
+    /// current minute counted up to `totals` (the running totals now).
+    pub fn last_minutes(&self, now: SystemTime, count: usize, totals: Totals) -> Vec<Minute> {
+        self.sample(now, totals);
         let current = minute_of(now);
-        self.sample_totals(current, self.totals());
         let minutes = self.minutes.lock().unwrap_or_else(|p| p.into_inner());
         let first = current.saturating_sub(count.saturating_sub(1) as u64);
         (first..=current)
             .map(|m| {
-                // The totals at the end of minute m, and at the end of the sample before it.
-                let end = minutes.iter().rev().find(|(s, _)| *s <= m).map(|(_, t)| *t);
-                let before = minutes.iter().rev().find(|(s, _)| *s < m).map(|(_, t)| *t).unwrap_or_default();
-                let delta = end.map(|e| e.since(before)).unwrap_or_default();
-                let delta = if minutes.iter().any(|(s, _)| *s == m) { delta } else { Totals::default() };
+                // A minute's counts: its last sample less the sample before it (none: zero).
+                let delta = match minutes.iter().position(|(s, _)| *s == m) {
+                    Some(i) => {
+                        let before = i.checked_sub(1).map(|b| minutes[b].1).unwrap_or_default();
+                        minutes[i].1.since(before)
+                    }
+                    None => Totals::default(),
+                };
                 Minute {
                     start: m * 60,
                     spent: delta.spent,
@@ -194,33 +162,32 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(m * 60 + 5)
     }
 
+    fn totals(spent: u64, saved: u64) -> Totals {
+        Totals { spent, saved, answers: spent + saved, local: saved }
+    }
+
     #[test]
     fn minutes_are_differences_of_the_running_totals() {
         let a = Activity::default();
-        a.sample(at_minute(100));
-        a.spent();
-        a.saved();
-        a.saved();
-        a.sample(at_minute(101));
-        a.saved();
-        a.sample(at_minute(103));
-        let m = a.last_minutes(at_minute(103), 4);
+        a.sample(at_minute(100), totals(0, 0));
+        a.sample(at_minute(101), totals(1, 2));
+        let m = a.last_minutes(at_minute(103), 4, totals(1, 3));
         assert_eq!(m.iter().map(|m| m.start / 60).collect::<Vec<_>>(), [100, 101, 102, 103]);
         assert_eq!(
             m.iter().map(|m| (m.spent, m.saved)).collect::<Vec<_>>(),
             [(0, 0), (1, 2), (0, 0), (0, 1)]
         );
+        assert_eq!(m[1].answers, 3);
     }
 
     #[test]
     fn history_is_bounded_to_an_hour() {
         let a = Activity::default();
         for m in 0..500 {
-            a.spent();
-            a.sample(at_minute(m));
+            a.sample(at_minute(m), totals(m + 1, 0));
         }
         assert!(a.minutes.lock().unwrap().len() <= MINUTES_KEPT);
-        let m = a.last_minutes(at_minute(499), 60);
+        let m = a.last_minutes(at_minute(499), 60, totals(500, 0));
         assert_eq!(m.len(), 60);
         assert!(m.iter().all(|m| m.spent == 1), "{m:?}");
     }

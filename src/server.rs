@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::cache::Outcome;
 use crate::config::Settings;
 use crate::github;
 use crate::identity;
@@ -278,15 +277,10 @@ async fn stats(State(gateway): State<Arc<Gateway>>) -> Response {
     let responses = gateway.responses();
     responses.maintain().await;
     let counts = gateway.metrics().outcome_counts();
-    let total: u64 = counts.iter().map(|(_, n)| n).sum();
-    let served_locally: u64 = counts
-        .iter()
-        .filter(|(o, _)| Outcome::ALL.iter().any(|x| x.as_str() == *o && x.served_locally()))
-        .map(|(_, n)| n)
-        .sum();
+    let totals = gateway.metrics().totals();
     let body = serde_json::json!({
         "answers": counts.iter().map(|(o, n)| (o.to_ascii_lowercase(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-        "hit_ratio": if total == 0 { 0.0 } else { served_locally as f64 / total as f64 },
+        "hit_ratio": if totals.answers == 0 { 0.0 } else { totals.local as f64 / totals.answers as f64 },
         "store": {
             "location": responses.location(),
             "entries": responses.entry_count(),

@@ -3,6 +3,8 @@
 //! gateways can run in one test process.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
@@ -27,7 +29,10 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// `ghgate_requests_total{outcome}`
     pub requests: PerOutcome<Counter>,
-    outcome_totals: PerOutcome<std::sync::atomic::AtomicU64>,
+    outcome_totals: PerOutcome<AtomicU64>,
+    /// Readable twins of `units_spent` / `units_saved` (Prometheus handles cannot be read).
+    spent_total: AtomicU64,
+    saved_total: AtomicU64,
     /// `ghgate_request_duration_seconds{outcome}`
     pub request_duration: PerOutcome<Histogram>,
     upstream_requests: [Counter; 6],
@@ -180,7 +185,9 @@ impl Metrics {
         let upstream_duration =
             r.register_histogram(&Key::from_name("ghgate_upstream_duration_seconds"), &METADATA);
         let metrics = Metrics {
-            outcome_totals: PerOutcome::new(|_| std::sync::atomic::AtomicU64::new(0)),
+            outcome_totals: PerOutcome::new(|_| AtomicU64::new(0)),
+            spent_total: AtomicU64::new(0),
+            saved_total: AtomicU64::new(0),
             requests,
             request_duration,
             upstream_requests,
@@ -280,7 +287,7 @@ impl Metrics {
             recorder: Arc::new(recorder),
             handle,
         };
-        metrics.activity.sample(std::time::SystemTime::now());
+        metrics.activity.sample(std::time::SystemTime::now(), metrics.totals());
         Arc::new(metrics)
     }
 
@@ -331,36 +338,51 @@ impl Metrics {
         match status {
             Some(http::StatusCode::NOT_MODIFIED) => {
                 self.units_saved.increment(1);
-                self.activity.saved();
+                self.saved_total.fetch_add(1, Relaxed);
             }
             Some(_) => {
                 self.units_spent.increment(1);
-                self.activity.spent();
+                self.spent_total.fetch_add(1, Relaxed);
             }
             None => {}
         }
     }
 
+    /// The running totals the status page charts: units spent and saved, answers, and answers
+    /// that needed no paid upstream request.
+    pub fn totals(&self) -> crate::activity::Totals {
+        let (mut answers, mut local) = (0, 0);
+        for outcome in Outcome::ALL {
+            let n = self.outcome_totals.get(outcome).load(Relaxed);
+            answers += n;
+            if outcome.served_locally() {
+                local += n;
+            }
+        }
+        crate::activity::Totals {
+            spent: self.spent_total.load(Relaxed),
+            saved: self.saved_total.load(Relaxed),
+            answers,
+            local,
+        }
+    }
+
     /// Answers so far per outcome (for the admin API's statistics).
     pub fn outcome_counts(&self) -> Vec<(&'static str, u64)> {
-        Outcome::ALL
-            .iter()
-            .map(|o| (o.as_str(), self.outcome_totals.get(*o).load(std::sync::atomic::Ordering::Relaxed)))
-            .collect()
+        Outcome::ALL.iter().map(|o| (o.as_str(), self.outcome_totals.get(*o).load(Relaxed))).collect()
     }
 
     /// Counts one answered request.
     pub fn answered(&self, outcome: Outcome, took: Duration) {
-        self.outcome_totals.get(outcome).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.outcome_totals.get(outcome).fetch_add(1, Relaxed);
         self.requests.get(outcome).increment(1);
         self.request_duration.get(outcome).record(took.as_secs_f64());
         // An upstream 304 is counted as saved where it arrives; everything else that never
         // reached upstream is counted here.
         if matches!(outcome, Outcome::Hit | Outcome::Stale | Outcome::Coalesced | Outcome::Negative) {
             self.units_saved.increment(1);
-            self.activity.saved();
+            self.saved_total.fetch_add(1, Relaxed);
         }
-        self.activity.answered(outcome.served_locally());
     }
 
     /// The Prometheus text exposition.
@@ -374,7 +396,7 @@ impl Metrics {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             self.alive_tasks.set(runtime.metrics().num_alive_tasks() as f64);
         }
-        self.activity.sample(std::time::SystemTime::now());
+        self.activity.sample(std::time::SystemTime::now(), self.totals());
         let _ = &self.recorder;
     }
 }

@@ -56,7 +56,7 @@ pub async fn data(gateway: &Gateway) -> serde_json::Value {
     let responses = gateway.responses();
     responses.maintain().await;
     let activity = &gateway.metrics().activity;
-    let totals = activity.totals();
+    let totals = gateway.metrics().totals();
     let health = match responses.health() {
         Health::Ok => "ok".to_string(),
         Health::Degraded(reason) => format!("degraded ({reason})"),
@@ -78,7 +78,7 @@ pub async fn data(gateway: &Gateway) -> serde_json::Value {
             "spent": totals.spent,
             "saved": totals.saved,
         },
-        "minutes": activity.last_minutes(now, 60),
+        "minutes": activity.last_minutes(now, 60, totals),
         "budgets": gateway.budgets().lines().await,
         "events": activity.recent_events(),
     })
