@@ -4,8 +4,9 @@ mod support;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::process::{free_port, wait_exit, wait_healthy};
 use support::{FakeGitHub, Resource, outcome};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ghgate");
@@ -82,10 +83,6 @@ fn check_config_reports_a_missing_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ghgate.toml"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn serve_runs_with_flags_alone_stops_on_sigterm_and_never_logs_credentials() {
     let fake = FakeGitHub::start().await;
@@ -109,16 +106,7 @@ async fn serve_runs_with_flags_alone_stops_on_sigterm_and_never_logs_credentials
         .spawn()
         .unwrap();
     let client = support::client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{admin_port}/healthz")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "gateway did not become healthy");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_healthy(&format!("http://127.0.0.1:{admin_port}")).await;
     let secret_token = "ghp_SuperSecretToken1234567890";
     for expected in ["MISS", "HIT"] {
         let r = client
@@ -161,14 +149,7 @@ async fn serve_runs_with_flags_alone_stops_on_sigterm_and_never_logs_credentials
 
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success(), "graceful stop exits 0: {status}");
     let mut logs = String::new();
     child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();

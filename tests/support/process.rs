@@ -29,8 +29,36 @@ pub fn logs(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("ghgate.log")).unwrap_or_default()
 }
 
-fn free_port() -> u16 {
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `admin_url/healthz` answers 200, failing the test after 20 s.
+pub async fn wait_healthy(admin_url: &str) {
+    let client = super::client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{admin_url}/healthz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "ghgate did not become healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for `child` to exit, failing the test after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "ghgate did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl GatewayProcess {
@@ -58,17 +86,7 @@ impl GatewayProcess {
             url: format!("http://127.0.0.1:{port}"),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
         };
-        let client = super::client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = client.get(format!("{}/healthz", process.admin_url)).send().await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "ghgate did not become healthy");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_healthy(&process.admin_url).await;
         process
     }
 
@@ -86,14 +104,7 @@ impl GatewayProcess {
 
     /// Waits for the process to exit, failing the test after `within`.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "ghgate did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut self.child, within)
     }
 
     /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
