@@ -30,10 +30,7 @@ async fn purges_mark_a_path_a_repository_or_an_owner_stale() {
     assert_eq!(fake.charged(), 4, "purges cost nothing when the data did not change");
     assert_eq!(purge("").await.unwrap().status(), 400);
 
-    let stats: serde_json::Value = serde_json::from_str(
-        &gw.client.get(format!("{}/stats", gw.admin_url)).send().await.unwrap().text().await.unwrap(),
-    )
-    .unwrap();
+    let stats = gw.admin_json("/stats").await;
     assert_eq!(stats["answers"]["miss"], 4);
     assert!(stats["hit_ratio"].as_f64().unwrap() > 0.5, "{stats}");
     assert_eq!(stats["store"]["entries"], 4);

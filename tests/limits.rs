@@ -166,10 +166,8 @@ async fn the_ledger_lists_every_identity_without_credentials() {
     let gw = start_gateway(&fake.url(), |_| {}).await;
     gw.get("/repos/o/a", Some("ghp_secret_one")).await;
     gw.get("/repos/o/a", Some("ghp_secret_two")).await;
-    let text =
-        gw.client.get(format!("{}/ratelimits", gw.admin_url)).send().await.unwrap().text().await.unwrap();
-    assert!(!text.contains("ghp_secret"), "{text}");
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let json = gw.admin_json("/ratelimits").await;
+    assert!(!json.to_string().contains("ghp_secret"), "{json}");
     let lines = json["identities"].as_array().unwrap();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["resource"], "core");
@@ -342,10 +340,8 @@ async fn replicas_on_redis_share_holds_and_the_ledger() {
 
     assert_eq!(a.get("/repos/o/b", Some("other")).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let text =
-        b.client.get(format!("{}/ratelimits", b.admin_url)).send().await.unwrap().text().await.unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let json = b.admin_json("/ratelimits").await;
     let lines = json["identities"].as_array().unwrap();
-    assert_eq!(lines.len(), 2, "B lists what A learnt: {text}");
-    assert!(lines.iter().any(|l| l["blocked_until"].is_u64()), "{text}");
+    assert_eq!(lines.len(), 2, "B lists what A learnt: {json}");
+    assert!(lines.iter().any(|l| l["blocked_until"].is_u64()), "{json}");
 }

@@ -81,9 +81,7 @@ async fn the_status_page_shows_ratio_chart_budgets_and_events_without_console_er
     assert_eq!(purge.unwrap().status(), 200);
 
     // The data behind the page.
-    let text =
-        gw.client.get(format!("{}/status.json", gw.admin_url)).send().await.unwrap().text().await.unwrap();
-    let data: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let data = gw.admin_json("/status.json").await;
     assert_eq!(data["minutes"].as_array().unwrap().len(), 60, "{data}");
     let now = &data["minutes"][59];
     assert_eq!(now["spent"], 5, "4 misses and one 404 were paid: {data}");

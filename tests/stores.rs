@@ -181,10 +181,7 @@ async fn stopping_redis_loses_no_request_and_sharing_resumes_when_it_returns() {
         assert_eq!(r.status(), 200, "request {i} during the outage");
         assert_eq!(r.text().await.unwrap(), format!(r#"{{"n":{i}}}"#));
     }
-    let ready: serde_json::Value = serde_json::from_str(
-        &a.client.get(format!("{}/readyz", a.admin_url)).send().await.unwrap().text().await.unwrap(),
-    )
-    .unwrap();
+    let ready = a.admin_json("/readyz").await;
     assert_eq!(ready["status"], "degraded", "{ready}");
     assert!(a.metric("ghgate_store_errors_total").await > 0.0);
     assert_eq!(a.metric("ghgate_store_degraded").await, 1.0);
@@ -204,10 +201,7 @@ async fn stopping_redis_loses_no_request_and_sharing_resumes_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(shared_again, "sharing resumed after Redis came back");
-    let ready: serde_json::Value = serde_json::from_str(
-        &a.client.get(format!("{}/readyz", a.admin_url)).send().await.unwrap().text().await.unwrap(),
-    )
-    .unwrap();
+    let ready = a.admin_json("/readyz").await;
     assert_eq!(ready["status"], "ready");
 }
 

@@ -69,8 +69,7 @@ async fn a_signed_push_marks_its_repository_stale_and_nothing_else() {
     assert_eq!(outcome(&gw.get("/repos/octo/other", Some("t")).await), "HIT", "another repository stays");
     assert_eq!(gw.metric("ghgate_webhooks_total{result=\"accepted\"}").await, 1.0);
     // The status page lists the invalidation with its event.
-    let status = gw.client.get(format!("{}/status.json", gw.admin_url)).send().await.unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status.text().await.unwrap()).unwrap();
+    let status = gw.admin_json("/status.json").await;
     assert_eq!(status["events"][0]["what"], "webhook push: repo octo/hello", "{status}");
 }
 
@@ -180,8 +179,7 @@ async fn with_two_replicas_on_redis_both_drop_the_entry() {
     assert_eq!(outcome(&a.get("/repos/octo/hello", Some("t")).await), "REVALIDATED");
     assert_eq!(outcome(&b.get("/repos/octo/hello", Some("t")).await), "REVALIDATED", "B saw A's delivery");
     // B's status page lists the invalidation it picked up.
-    let status = b.client.get(format!("{}/status.json", b.admin_url)).send().await.unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status.text().await.unwrap()).unwrap();
+    let status = b.admin_json("/status.json").await;
     assert!(
         status["events"]
             .as_array()

@@ -88,6 +88,13 @@ impl TestGateway {
         r.send().await.unwrap()
     }
 
+    /// A JSON answer of the admin listener (`/stats`, `/readyz`, `/status.json`, ...).
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let text =
+            self.client.get(format!("{}{path}", self.admin_url)).send().await.unwrap().text().await.unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {text}"))
+    }
+
     /// The admin listener's `/metrics` text.
     pub async fn metrics(&self) -> String {
         self.client.get(format!("{}/metrics", self.admin_url)).send().await.unwrap().text().await.unwrap()
