@@ -26,6 +26,16 @@ fn with_app(s: &mut Settings) {
     s.clients.push(client("runner", KEY, &[]));
 }
 
+/// Two gateways sharing `redis`, both brokering the test app.
+async fn two_app_replicas(upstream: &str, redis: &RedisServer) -> (TestGateway, TestGateway) {
+    let shared = with_redis(redis);
+    let both = |s: &mut Settings| {
+        shared(s);
+        with_app(s);
+    };
+    (start_gateway(upstream, both).await, start_gateway(upstream, both).await)
+}
+
 async fn get_with_key(gw: &TestGateway, path: &str) -> reqwest::Response {
     support::app::get_with_key(gw, path, KEY).await
 }
@@ -102,17 +112,7 @@ async fn two_replicas_on_one_redis_mint_one_token_and_fetch_once() {
     fake.install("octo", 7);
     fake.put(REPO, Resource::json(r#"{"id":1}"#));
     fake.set_delay(Duration::from_millis(100));
-    let shared = with_redis(&redis);
-    let a = start_gateway(&fake.url(), |s| {
-        shared(s);
-        with_app(s);
-    })
-    .await;
-    let b = start_gateway(&fake.url(), |s| {
-        shared(s);
-        with_app(s);
-    })
-    .await;
+    let (a, b) = two_app_replicas(&fake.url(), &redis).await;
     let mut tasks = Vec::new();
     for i in 0..100 {
         let url = format!("{}{REPO}", if i % 2 == 0 { &a.url } else { &b.url });
@@ -146,17 +146,7 @@ async fn two_replicas_on_one_redis_mint_one_token_and_fetch_once() {
 async fn replicas_share_not_installed_answers() {
     let redis = RedisServer::start();
     let fake = fake_with_app().await;
-    let shared = with_redis(&redis);
-    let a = start_gateway(&fake.url(), |s| {
-        shared(s);
-        with_app(s);
-    })
-    .await;
-    let b = start_gateway(&fake.url(), |s| {
-        shared(s);
-        with_app(s);
-    })
-    .await;
+    let (a, b) = two_app_replicas(&fake.url(), &redis).await;
     assert_eq!(get_with_key(&a, "/orgs/nobody").await.status(), 404);
     assert_eq!(get_with_key(&b, "/orgs/nobody").await.status(), 404);
     assert_eq!(fake.lookups(), 1, "the second replica knew from Redis");
