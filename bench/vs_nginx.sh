@@ -25,10 +25,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
+case "$DURATION" in *[0-9]s) ;; *) echo "DURATION is in seconds, e.g. 30s" >&2; exit 1 ;; esac
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
 RUNS=${RUNS:-1}
-WORKLOADS=${WORKLOADS:-hot zipf credentials schemes revalidate cold}
+WORKLOADS=${WORKLOADS:-hot zipf credentials schemes revalidate revalidate_1s cold}
 UP_PORT=${UP_PORT:-18281}
 STATS_PORT=${STATS_PORT:-18282}
 PROXY_PORT=${PROXY_PORT:-18280}
@@ -126,10 +127,12 @@ CONF
 }
 stop_nginx() { kill -QUIT "$NGINX_MASTER"; for _ in $(seq 100); do kill -0 "$NGINX_MASTER" 2>/dev/null || break; sleep 0.05; done; rm -f "$work/nginx.pid"; }
 
-start_ghgate() {
+start_ghgate() { # [config file]
   rm -rf "$work/ghgate"
+  local config=()
+  [ -n "${1:-}" ] && config=(--config "$1")
   GHGATE_INBOUND__LIMIT_ENABLED=false GHGATE_LOG__LEVEL=warn GHGATE_STORE__DATA_DIR="$work/ghgate" \
-    target/release/ghgate serve --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    target/release/ghgate serve "${config[@]}" --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
     --upstream "http://127.0.0.1:$UP_PORT" >"$work/ghgate.log" 2>&1 &
   GHGATE_PID=$!
   PIDS+=("$GHGATE_PID")
@@ -161,6 +164,11 @@ $(( $(json requests <<<"$after") - $(json requests <<<"$before") )) $(( $(json c
 # The run with the median throughput (of RUNS).
 median() { sort -n -k1,1 "$1" | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
+# A total over the run per answer, scaled: per_request TOTAL RPS SCALE (the run lasts DURATION).
+per_request() {
+  awk -v t="$1" -v rps="$2" -v scale="$3" -v d="${DURATION%s}" 'BEGIN { n = rps * d; if (n == 0) print "-"; else printf "%.1f", t * scale / n }'
+}
+
 ms() { awk -v us="$1" 'BEGIN { if (us >= 1000) printf "%.2f ms", us / 1000; else printf "%d µs", us }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print (a == 0 ? "=" : "∞"); else printf "%.2f×", a / b }'; }
 
@@ -168,11 +176,23 @@ echo "## ghgate vs nginx, same upstream and requests"
 echo
 echo "$(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION per run, median of $RUNS run(s) by throughput; each proxy starts with an empty cache."
 echo
-echo "| workload | proxy | req/s | p50 | p99 | p99.9 | errors | CPU s | peak RSS | upstream requests | units spent |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| workload | proxy | req/s | p50 | p99 | p99.9 | errors | CPU s | CPU µs/req | peak RSS | upstream requests | per 1k answers | units spent |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+# revalidate_1s: the revalidate load with ghgate given nginx's freshness (fresh for 1 s, then
+# served stale while one request revalidates in the background).
+cat >"$work/one-second.toml" <<'TOML'
+[[cache.rules]]
+path = "/bench/**"
+min_fresh = "1s"
+stale_while_revalidate = "1s"
+TOML
+
 for workload in $WORKLOADS; do
-  max_age=60; validity=1m
-  if [ "$workload" = revalidate ]; then max_age=0; validity=1s; fi
+  max_age=60; validity=1m; ghgate_config=""
+  case "$workload" in
+    revalidate) max_age=0; validity=1s ;;
+    revalidate_1s) max_age=0; validity=1s; ghgate_config="$work/one-second.toml" ;;
+  esac
   : >"$work/nginx.runs"
   : >"$work/ghgate.runs"
   for _ in $(seq "$RUNS"); do
@@ -181,14 +201,16 @@ for workload in $WORKLOADS; do
     start_nginx "$validity"
     run "$workload" >>"$work/nginx.runs"
     stop_nginx
-    start_ghgate
+    start_ghgate "$ghgate_config"
     run "$workload" >>"$work/ghgate.runs"
     stop_ghgate
     stop_upstream
   done
   read -r n_rps n_p50 n_p99 n_p999 n_err n_cpu n_rss n_up n_units < <(median "$work/nginx.runs")
   read -r g_rps g_p50 g_p99 g_p999 g_err g_cpu g_rss g_up g_units < <(median "$work/ghgate.runs")
-  echo "| $workload | nginx | $n_rps | $(ms "$n_p50") | $(ms "$n_p99") | $(ms "$n_p999") | $n_err | $n_cpu | $n_rss MiB | $n_up | $n_units |"
-  echo "| | ghgate | $g_rps | $(ms "$g_p50") | $(ms "$g_p99") | $(ms "$g_p999") | $g_err | $g_cpu | $g_rss MiB | $g_up | $g_units |"
-  echo "| | ghgate / nginx | $(ratio "$g_rps" "$n_rps") | $(ratio "$g_p50" "$n_p50") | $(ratio "$g_p99" "$n_p99") | $(ratio "$g_p999" "$n_p999") | | $(ratio "$g_cpu" "$n_cpu") | $(ratio "$g_rss" "$n_rss") | $(ratio "$g_up" "$n_up") | $(ratio "$g_units" "$n_units") |"
+  n_cpr=$(per_request "$n_cpu" "$n_rps" 1000000); g_cpr=$(per_request "$g_cpu" "$g_rps" 1000000)
+  n_upk=$(per_request "$n_up" "$n_rps" 1000); g_upk=$(per_request "$g_up" "$g_rps" 1000)
+  echo "| $workload | nginx | $n_rps | $(ms "$n_p50") | $(ms "$n_p99") | $(ms "$n_p999") | $n_err | $n_cpu | $n_cpr | $n_rss MiB | $n_up | $n_upk | $n_units |"
+  echo "| | ghgate | $g_rps | $(ms "$g_p50") | $(ms "$g_p99") | $(ms "$g_p999") | $g_err | $g_cpu | $g_cpr | $g_rss MiB | $g_up | $g_upk | $g_units |"
+  echo "| | ghgate / nginx | $(ratio "$g_rps" "$n_rps") | $(ratio "$g_p50" "$n_p50") | $(ratio "$g_p99" "$n_p99") | $(ratio "$g_p999" "$n_p999") | | $(ratio "$g_cpu" "$n_cpu") | $(ratio "$g_cpr" "$n_cpr") | $(ratio "$g_rss" "$n_rss") | $(ratio "$g_up" "$n_up") | $(ratio "$g_upk" "$n_upk") | $(ratio "$g_units" "$n_units") |"
 done

@@ -388,6 +388,9 @@ pub struct ServerSettings {
     /// How long in-flight requests may run after a stop signal before they are cut off.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Threads serving proxy connections, each with its own single-threaded runtime; 0 means
+    /// one per CPU.
+    pub workers: usize,
 }
 
 impl Default for ServerSettings {
@@ -402,6 +405,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
@@ -749,6 +753,12 @@ impl Settings {
         if !(8192..=1 << 20).contains(&self.server.max_header_bytes) {
             bad("server.max_header_bytes", "must be between 8192 and 1048576".into());
         }
+        if self.server.workers > 1024 {
+            bad(
+                "server.workers",
+                format!("must be at most 1024 (0: one per CPU), got {}", self.server.workers),
+            );
+        }
         if self.upstream.timeout.is_zero() {
             bad("upstream.timeout", "must be greater than zero".into());
         }
@@ -1081,6 +1091,8 @@ mod tests {
         assert_eq!(first_key(load_toml("[server]\nlisten = \"nowhere\"\n")), "server.listen");
         assert_eq!(first_key(load_toml("[upstream]\nurl = \"ftp://x\"\n")), "upstream.url");
         assert_eq!(first_key(load_toml("[store]\nbackend = \"floppy\"\n")), "store.backend");
+        assert_eq!(first_key(load_toml("[server]\nworkers = 5000\n")), "server.workers");
+        assert_eq!(first_key(load_toml("[server]\nworkers = -1\n")), "server.workers");
     }
 
     #[test]

@@ -545,6 +545,9 @@ impl Gateway {
     /// Phases 4–5, once across replicas: with a shared store, one replica fetches a key while
     /// the others wait for the entry it stores (see [`store::once_across_replicas`]).
     async fn fill(self: Arc<Self>, request: FillRequest) -> Fill {
+        if let Some(landed) = self.landed_since_look_up(&request) {
+            return landed;
+        }
         let lock_key = format!("lock:{}", ResponseCache::backend_key(&request.key.key));
         let hold = self.settings.upstream.timeout + Duration::from_secs(2);
         let wait = self.settings.store.lock_wait;
@@ -575,6 +578,27 @@ impl Gateway {
         let work = move || worker.fill_from_upstream(request).boxed();
         let backend = self.responses.backend().cloned();
         store::once_across_replicas(backend.as_ref(), &lock_key, hold, wait, &self.metrics, check, work).await
+    }
+
+    /// The entry another flight for this key stored between this request's look-up and its
+    /// join (that flight had just finished, so there was nothing left to join): fresher than
+    /// what the look-up found, so it answers the request without a second upstream request.
+    fn landed_since_look_up(&self, request: &FillRequest) -> Option<Fill> {
+        let entry = self.responses.get_hot(&request.key.key)?;
+        let newer = request.prior.as_ref().is_none_or(|prior| entry.response_time > prior.response_time);
+        let usable = newer
+            && entry.is_fresh(SystemTime::now())
+            && entry.vary_matches(&request.headers)
+            && !self.is_marked_stale(&entry);
+        usable.then(|| {
+            Fill::Complete(Arc::new(Answer {
+                status: entry.status,
+                headers: entry.headers.clone(),
+                body: entry.body.clone(),
+                outcome: Outcome::Coalesced,
+                entry: Some(entry),
+            }))
+        })
     }
 
     /// Fetches from upstream (conditionally when there is a prior entry) and stores what may

@@ -68,8 +68,12 @@ pub struct Metrics {
     pub store_max_bytes: Gauge,
     /// `ghgate_inflight_fills`
     pub inflight_fills: Gauge,
-    /// `ghgate_runtime_alive_tasks`: tasks alive in the runtime (a leak shows as growth).
+    /// `ghgate_runtime_alive_tasks`: tasks alive in the runtimes (a leak shows as growth).
     pub alive_tasks: Gauge,
+    /// The proxy workers' runtimes, whose tasks `alive_tasks` counts too.
+    runtimes: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
+    /// `ghgate_proxy_workers`: threads serving proxy connections (`server.workers`).
+    pub proxy_workers: Gauge,
     /// `ghgate_ratelimit_reserve_stale_total`: reads answered stale to save a low budget.
     pub reserve_stale: Counter,
     /// `ghgate_ratelimit_local_answers_total`: requests answered locally because the identity's
@@ -132,6 +136,11 @@ impl Metrics {
             r.register_gauge(&Key::from_name(name), &METADATA)
         };
         r.describe_counter("ghgate_requests_total".into(), None, "Proxied requests by cache outcome.".into());
+        r.describe_counter(
+            "ghgate_proxy_connections_total".into(),
+            None,
+            "Connections handed to each proxy worker (server.workers).".into(),
+        );
         r.describe_gauge(
             "ghgate_ratelimit_identities".into(),
             None,
@@ -280,7 +289,13 @@ impl Metrics {
             alive_tasks: gauge(
                 "ghgate_runtime_alive_tasks",
                 None,
-                "Tasks alive in the async runtime (connections, fills, background work); steady growth means a leak.",
+                "Tasks alive in the async runtimes (connections, fills, background work); steady growth means a leak.",
+            ),
+            runtimes: std::sync::Mutex::new(Vec::new()),
+            proxy_workers: gauge(
+                "ghgate_proxy_workers",
+                None,
+                "Threads serving proxy connections, each with its own runtime (server.workers).",
             ),
             app: AppMetrics::register(r),
             activity: crate::activity::Activity::default(),
@@ -390,12 +405,36 @@ impl Metrics {
         self.handle.render()
     }
 
+    /// Counts the tasks of the proxy workers' runtimes too (see [`Metrics::count_alive_tasks`]).
+    pub fn watch_runtime(&self, runtime: tokio::runtime::Handle) {
+        self.runtimes.lock().expect("runtime list poisoned").push(runtime);
+    }
+
+    /// Sets `ghgate_runtime_alive_tasks`: the current runtime's tasks plus every watched one's.
+    pub fn count_alive_tasks(&self) {
+        let mut alive = tokio::runtime::Handle::try_current().map_or(0, |r| r.metrics().num_alive_tasks());
+        for runtime in self.runtimes.lock().expect("runtime list poisoned").iter() {
+            alive += runtime.metrics().num_alive_tasks();
+        }
+        self.alive_tasks.set(alive as f64);
+    }
+
+    /// `ghgate_proxy_connections_total{worker}`: connections handed to one proxy worker (an
+    /// uneven spread shows here).
+    pub fn worker_connections(&self, worker: usize) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(
+                "ghgate_proxy_connections_total",
+                vec![Label::new("worker", worker.to_string())],
+            ),
+            &METADATA,
+        )
+    }
+
     /// Drains histogram buffers; call every few seconds.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            self.alive_tasks.set(runtime.metrics().num_alive_tasks() as f64);
-        }
+        self.count_alive_tasks();
         self.activity.sample(std::time::SystemTime::now(), self.totals());
         let _ = &self.recorder;
     }

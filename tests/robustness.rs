@@ -136,3 +136,30 @@ async fn slow_headers_oversized_heads_bad_methods_and_header_injection_are_refus
     // And the gateway still serves.
     assert_eq!(gw.get("/repos/octo/hello", Some("t")).await.status(), 200);
 }
+
+#[tokio::test]
+async fn connections_are_spread_over_the_workers_which_share_one_cache() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), |s| s.server.workers = 3).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        // A client of its own each time: a new connection, handed to the next worker.
+        let client = support::client();
+        let r = client
+            .get(format!("{}/repos/octo/hello", gw.url))
+            .header("authorization", "token t")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        outcomes.push(outcome(&r));
+    }
+    assert_eq!(outcomes, ["MISS", "HIT", "HIT", "HIT", "HIT", "HIT"], "one cache across workers");
+    assert_eq!(fake.requests(), 1);
+    assert_eq!(gw.metric("ghgate_proxy_workers").await, 3.0);
+    for worker in 0..3 {
+        let series = format!("ghgate_proxy_connections_total{{worker=\"{worker}\"}}");
+        assert_eq!(gw.metric(&series).await, 2.0, "{series}");
+    }
+}

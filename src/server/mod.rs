@@ -11,7 +11,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -22,6 +24,8 @@ use crate::identity;
 use crate::pipeline::Gateway;
 use crate::store::{self, Health};
 use crate::telemetry::Metrics;
+
+mod workers;
 
 pub use crate::pipeline::check_path;
 
@@ -93,9 +97,10 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         max_header_bytes: settings.server.max_header_bytes,
         shutdown_grace: settings.server.shutdown_grace,
     };
+    let workers = workers::Workers::start(workers::count(settings.server.workers), &proxy_app, limits)?;
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(serve(proxy, proxy_app, watcher.clone(), "proxy", limits)));
-    tasks.push(tokio::spawn(serve(admin, admin_app, watcher.clone(), "admin", limits)));
+    tasks.push(tokio::spawn(serve(proxy, Dispatch::Workers(workers), watcher.clone(), "proxy", limits)));
+    tasks.push(tokio::spawn(serve(admin, Dispatch::Here(admin_app), watcher.clone(), "admin", limits)));
     if gateway.responses().backend().is_some_and(|b| b.is_shared()) {
         let marks_gateway = Arc::clone(&gateway);
         let mut marks_stop = watcher.clone();
@@ -143,10 +148,6 @@ struct ConnectionLimits {
     shutdown_grace: Duration,
 }
 
-/// Accepts connections until told to stop, then lets in-flight requests finish for up to
-/// `shutdown_grace`. HTTP/1.1 and HTTP/2 (prior knowledge); a client that does not finish its
-/// request headers within `header_read_timeout` is dropped (slowloris), and headers larger
-/// than `max_header_bytes` are refused by hyper with 431.
 /// What a listener serves: the proxy hands every request straight to the pipeline (no
 /// routing to do, and this is the hot path); the admin listener routes with axum.
 #[derive(Clone)]
@@ -155,14 +156,17 @@ enum App {
     Admin(Router),
 }
 
-async fn serve(
-    listener: TcpListener,
-    app: App,
-    mut stop: watch::Receiver<bool>,
-    name: &'static str,
-    limits: ConnectionLimits,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+/// Where accepted connections are served: on the runtime that accepted them (admin), or
+/// handed to the proxy workers.
+enum Dispatch {
+    Here(App),
+    Workers(workers::Workers),
+}
+
+/// The HTTP/1.1 + HTTP/2 (prior knowledge) connection settings every connection gets: a client
+/// that does not finish its request headers within `header_read_timeout` is dropped
+/// (slowloris), and headers larger than `max_header_bytes` are refused by hyper with 431.
+fn connection_builder(limits: ConnectionLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -170,7 +174,64 @@ async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    builder
+}
+
+/// Serves one connection in a task on the current runtime, watched by `graceful`.
+fn spawn_connection(
+    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: App,
+) {
+    let _ = stream.set_nodelay(true);
+    let service =
+        hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            use futures::future::Either;
+            match &app {
+                App::Proxy(gateway) => {
+                    let gateway = Arc::clone(gateway);
+                    let request = request.map(Body::new);
+                    Either::Left(async move {
+                        Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await)
+                    })
+                }
+                App::Admin(router) => {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let mut router = router.clone();
+                    Either::Right(async move { tower::Service::call(&mut router, request).await })
+                }
+            }
+        });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+}
+
+/// Lets in-flight requests finish for up to `shutdown_grace`, then cuts them off.
+async fn drain(graceful: GracefulShutdown, limits: ConnectionLimits, name: &'static str) {
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_grace) => {
+            warn!(listener = name, grace = ?limits.shutdown_grace, "in-flight requests cut off after server.shutdown_grace");
+        }
+    }
+}
+
+/// Accepts connections until told to stop, then lets in-flight requests finish for up to
+/// `shutdown_grace` (the workers drain their own).
+async fn serve(
+    listener: TcpListener,
+    mut dispatch: Dispatch,
+    mut stop: watch::Receiver<bool>,
+    name: &'static str,
+    limits: ConnectionLimits,
+) {
+    let builder = connection_builder(limits);
+    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -185,38 +246,15 @@ async fn serve(
             },
             _ = async { let _ = stop.wait_for(|stopped| *stopped).await; } => break,
         };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                use futures::future::Either;
-                match &app {
-                    App::Proxy(gateway) => {
-                        let gateway = Arc::clone(gateway);
-                        let request = request.map(Body::new);
-                        Either::Left(async move {
-                            Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await)
-                        })
-                    }
-                    App::Admin(router) => {
-                        request.extensions_mut().insert(ConnectInfo(peer));
-                        let mut router = router.clone();
-                        Either::Right(async move { tower::Service::call(&mut router, request).await })
-                    }
-                }
-            });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        match &mut dispatch {
+            Dispatch::Here(app) => spawn_connection(&builder, &graceful, stream, peer, app.clone()),
+            Dispatch::Workers(workers) => workers.hand_over(stream, peer),
+        }
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(limits.shutdown_grace) => {
-            warn!(listener = name, grace = ?limits.shutdown_grace, "in-flight requests cut off after server.shutdown_grace");
-        }
+    match dispatch {
+        Dispatch::Here(_) => drain(graceful, limits, name).await,
+        Dispatch::Workers(workers) => workers.drain().await,
     }
 }
 
@@ -317,7 +355,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     gateway.responses().maintain().await;
     record_store_gauges(&gateway);
     let m = gateway.metrics();
-    m.alive_tasks.set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as f64);
+    m.count_alive_tasks();
     let mut response = Response::new(Body::from(m.render()));
     response
         .headers_mut()
