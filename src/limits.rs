@@ -4,7 +4,8 @@
 //! possible), or stop (budget exhausted, or blocked after a secondary limit) and answer
 //! locally in GitHub's shape.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Serialize;
@@ -49,8 +50,86 @@ struct Block {
 pub struct Budgets {
     settings: LimitsSettings,
     shared: Option<std::sync::Arc<dyn crate::store::Store>>,
-    ledger: moka::sync::Cache<(Partition, String), RateLimit>,
+    ledger: Ledger,
     blocked: moka::sync::Cache<Partition, Block>,
+}
+
+/// The latest rate-limit line per identity and resource. Read on every cache hit (the answer
+/// carries the identity's current `x-ratelimit-*` values), so a look-up borrows its key and
+/// allocates nothing, and the map is a quick_cache (a read lock and a counter) rather than a
+/// moka cache (a read-event queue and a frequency sketch). Bounded by count; a line older
+/// than [`LEDGER_TTL`] counts as absent (GitHub's windows are an hour).
+struct Ledger {
+    lines: quick_cache::sync::Cache<LedgerKey, Line>,
+}
+
+/// How many ledger lines are kept, and for how long.
+const LEDGER_CAPACITY: usize = 100_000;
+const LEDGER_TTL: Duration = Duration::from_secs(2 * 3600);
+
+#[derive(Clone, PartialEq, Eq)]
+struct LedgerKey {
+    partition: Partition,
+    resource: String,
+}
+
+/// A [`LedgerKey`] borrowed from a request: hashes and compares like the owned key.
+struct LedgerKeyRef<'a> {
+    partition: &'a str,
+    resource: &'a str,
+}
+
+impl std::hash::Hash for LedgerKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.partition.as_str(), self.resource.as_str()).hash(state);
+    }
+}
+
+impl std::hash::Hash for LedgerKeyRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.partition, self.resource).hash(state);
+    }
+}
+
+impl quick_cache::Equivalent<LedgerKey> for LedgerKeyRef<'_> {
+    fn equivalent(&self, key: &LedgerKey) -> bool {
+        self.partition == key.partition.as_str() && self.resource == key.resource
+    }
+}
+
+#[derive(Clone)]
+struct Line {
+    limit: Arc<RateLimit>,
+    recorded: Instant,
+}
+
+impl Ledger {
+    fn new() -> Ledger {
+        Ledger { lines: quick_cache::sync::Cache::new(LEDGER_CAPACITY) }
+    }
+
+    fn get(&self, partition: &Partition, resource: &str) -> Option<Arc<RateLimit>> {
+        let key = LedgerKeyRef { partition: partition.as_str(), resource };
+        let line = self.lines.get(&key)?;
+        if line.recorded.elapsed() > LEDGER_TTL {
+            self.lines.remove(&key);
+            return None;
+        }
+        Some(line.limit)
+    }
+
+    fn insert(&self, partition: &Partition, limit: RateLimit) {
+        let key = LedgerKey { partition: partition.clone(), resource: limit.resource.clone() };
+        self.lines.insert(key, Line { limit: Arc::new(limit), recorded: Instant::now() });
+    }
+
+    /// Every line still within [`LEDGER_TTL`].
+    fn iter(&self) -> impl Iterator<Item = (LedgerKey, Arc<RateLimit>)> + '_ {
+        self.lines
+            .iter()
+            .filter(|(_, line)| line.recorded.elapsed() <= LEDGER_TTL)
+            .map(|(key, line)| (key, line.limit))
+    }
 }
 
 /// One ledger line for `GET /ratelimits` (identities are partition ids, never credentials).
@@ -82,10 +161,7 @@ impl Budgets {
         Budgets {
             settings,
             shared: store.filter(|s| s.is_shared()),
-            ledger: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(2 * 3600))
-                .build(),
+            ledger: Ledger::new(),
             blocked: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -109,7 +185,7 @@ impl Budgets {
     pub fn record(&self, partition: &Partition, status: StatusCode, headers: &HeaderMap) {
         if let Some(limit) = RateLimit::from_headers(headers) {
             self.share_line(partition, &limit);
-            self.ledger.insert((partition.clone(), limit.resource.clone()), limit);
+            self.ledger.insert(partition, limit);
         }
         if !self.settings.honor_secondary_limits {
             return;
@@ -194,10 +270,12 @@ impl Budgets {
         }
         if let Ok(Some(framed)) = store.get(&format!("l:{partition}:{resource}")).await {
             if let Some(line) = crate::store::unframe(&framed).ok().and_then(|(_, p)| parse_line(p)) {
-                let key = (partition.clone(), resource.to_string());
-                let newer = self.ledger.get(&key).is_none_or(|l| (line.reset, line.used) > (l.reset, l.used));
+                let newer = self
+                    .ledger
+                    .get(partition, resource)
+                    .is_none_or(|l| (line.reset, line.used) > (l.reset, l.used));
                 if newer {
-                    self.ledger.insert(key, line);
+                    self.ledger.insert(partition, line);
                 }
             }
         }
@@ -206,7 +284,7 @@ impl Budgets {
     /// The decision for an identity's next request to `resource`.
     pub fn admit(&self, partition: &Partition, resource: &str) -> Admission {
         let now = SystemTime::now();
-        let limit = self.ledger.get(&(partition.clone(), resource.to_string()));
+        let limit = self.ledger.get(partition, resource).map(|l| (*l).clone());
         if let Some(block) = self.blocked.get(partition) {
             if block.until > now {
                 return Admission::Stop {
@@ -237,8 +315,8 @@ impl Budgets {
     }
 
     /// The latest ledger line of an identity and resource.
-    pub fn latest(&self, partition: &Partition, resource: &str) -> Option<RateLimit> {
-        self.ledger.get(&(partition.clone(), resource.to_string()))
+    pub fn latest(&self, partition: &Partition, resource: &str) -> Option<Arc<RateLimit>> {
+        self.ledger.get(partition, resource)
     }
 
     /// The whole ledger, for `GET /ratelimits` (with a shared store, every replica's).
@@ -260,13 +338,17 @@ impl Budgets {
             .ledger
             .iter()
             .map(|(key, l)| LedgerLine {
-                identity: key.0.to_string(),
-                resource: key.1.clone(),
+                identity: key.partition.to_string(),
+                resource: key.resource.clone(),
                 limit: l.limit,
                 remaining: l.remaining,
                 used: l.used,
                 reset: l.reset,
-                blocked_until: self.blocked.get(&key.0).filter(|b| b.until > now).map(|b| epoch(b.until)),
+                blocked_until: self
+                    .blocked
+                    .get(&key.partition)
+                    .filter(|b| b.until > now)
+                    .map(|b| epoch(b.until)),
             })
             .collect();
         lines.sort_by(|a, b| (a.remaining, &a.identity).cmp(&(b.remaining, &b.identity)));
@@ -405,5 +487,32 @@ impl Lanes {
         let permit = std::sync::Arc::clone(&lane.slots).acquire_owned().await;
         lane.waiting.fetch_sub(1, Ordering::SeqCst);
         Ok(permit.ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(resource: &str, remaining: u64) -> RateLimit {
+        RateLimit { limit: 5000, remaining, used: 5000 - remaining, reset: 1, resource: resource.into() }
+    }
+
+    #[test]
+    fn a_borrowed_look_up_finds_exactly_its_identity_and_resource() {
+        let ledger = Ledger::new();
+        let alice = Partition::from_safe_id("c-alice".into());
+        let bob = Partition::from_safe_id("c-bob".into());
+        ledger.insert(&alice, line("core", 10));
+        ledger.insert(&alice, line("search", 20));
+        ledger.insert(&bob, line("core", 30));
+        // Fresh strings, so only hashing and comparison can make them match.
+        let again = Partition::from_safe_id(String::from("c-") + "alice");
+        assert_eq!(ledger.get(&again, &String::from("core")).unwrap().remaining, 10);
+        assert_eq!(ledger.get(&again, "search").unwrap().remaining, 20);
+        assert_eq!(ledger.get(&bob, "core").unwrap().remaining, 30);
+        assert!(ledger.get(&bob, "search").is_none());
+        assert!(ledger.get(&Partition::from_safe_id("c-carol".into()), "core").is_none());
+        assert_eq!(ledger.iter().count(), 3);
     }
 }

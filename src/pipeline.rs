@@ -1277,8 +1277,8 @@ impl Gateway {
 
     /// The latest rate-limit values known for this partition replace the stored ones.
     fn apply_rate_limit(&self, partition: &Partition, headers: &mut HeaderMap) {
-        let resource = github::resource_of(headers).to_string();
-        if let Some(limit) = self.budgets.latest(partition, &resource) {
+        let latest = self.budgets.latest(partition, github::resource_of(headers));
+        if let Some(limit) = latest {
             limit.apply(headers);
         }
     }
