@@ -112,6 +112,107 @@ impl RateLimit {
     }
 }
 
+/// GitHub's own header names. A name parsed off the wire is a reference-counted copy, and a
+/// cached answer's headers are copied onto every hit; these names are swapped for static
+/// ones when an answer is stored, so copying them costs nothing.
+const GITHUB_HEADER_NAMES: [HeaderName; 16] = [
+    HeaderName::from_static("x-github-media-type"),
+    HeaderName::from_static("x-github-request-id"),
+    HeaderName::from_static("x-github-api-version-selected"),
+    HeaderName::from_static("x-oauth-scopes"),
+    HeaderName::from_static("x-accepted-oauth-scopes"),
+    HeaderName::from_static("x-oauth-client-id"),
+    HeaderName::from_static("x-ratelimit-limit"),
+    HeaderName::from_static("x-ratelimit-remaining"),
+    HeaderName::from_static("x-ratelimit-reset"),
+    HeaderName::from_static("x-ratelimit-used"),
+    HeaderName::from_static("x-ratelimit-resource"),
+    HeaderName::from_static("x-frame-options"),
+    HeaderName::from_static("x-xss-protection"),
+    HeaderName::from_static("x-github-sso"),
+    HeaderName::from_static("github-authentication-token-expiration"),
+    HeaderName::from_static("x-poll-interval"),
+];
+
+/// Header values GitHub sends unchanged on many answers (swapped for static ones like
+/// [`GITHUB_HEADER_NAMES`]).
+const GITHUB_HEADER_VALUES: [&str; 22] = [
+    "application/json; charset=utf-8",
+    "github.v3; format=json",
+    "github.v3",
+    "Accept, Authorization, Cookie, X-GitHub-OTP",
+    "Accept-Encoding, Accept, X-Requested-With",
+    "private, max-age=60, s-maxage=60",
+    "public, max-age=60, s-maxage=60",
+    "ETag, Link, Location, Retry-After, X-GitHub-OTP, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Used, X-RateLimit-Resource, X-RateLimit-Reset, X-OAuth-Scopes, X-Accepted-OAuth-Scopes, X-Poll-Interval, X-GitHub-Media-Type, X-GitHub-SSO, X-GitHub-Request-Id, Deprecation, Sunset",
+    "*",
+    "max-age=31536000; includeSubdomains; preload",
+    "deny",
+    "nosniff",
+    "0",
+    "strict-origin-when-cross-origin, origin-when-cross-origin",
+    "default-src 'none'",
+    "github.com",
+    "2022-11-28",
+    "core",
+    "search",
+    "5000",
+    "repo",
+    "",
+];
+
+/// The same header with a static name and value where GitHub's usual ones allow (see
+/// [`GITHUB_HEADER_NAMES`]); anything else is returned as it came.
+pub fn intern_header(name: HeaderName, value: HeaderValue) -> (HeaderName, HeaderValue) {
+    let name = GITHUB_HEADER_NAMES.iter().find(|known| **known == name).cloned().unwrap_or(name);
+    let value = match GITHUB_HEADER_VALUES.iter().find(|known| value.as_bytes() == known.as_bytes()) {
+        Some(known) if !value.is_sensitive() => HeaderValue::from_static(known),
+        _ => value,
+    };
+    (name, value)
+}
+
+/// A [`RateLimit`] with its header values rendered once. The ledger puts an identity's
+/// latest values on every answer served from the cache; cloning a rendered value is a
+/// reference-count increment where rendering it was an allocation.
+#[derive(Debug)]
+pub struct RenderedRateLimit {
+    limit: RateLimit,
+    values: [Option<HeaderValue>; 5],
+}
+
+impl From<RateLimit> for RenderedRateLimit {
+    fn from(limit: RateLimit) -> Self {
+        let values = [
+            Some(HeaderValue::from(limit.limit)),
+            Some(HeaderValue::from(limit.remaining)),
+            Some(HeaderValue::from(limit.reset)),
+            Some(HeaderValue::from(limit.used)),
+            HeaderValue::from_str(&limit.resource).ok(),
+        ];
+        RenderedRateLimit { limit, values }
+    }
+}
+
+impl RenderedRateLimit {
+    /// Writes these values over whatever rate-limit headers `headers` carries (like
+    /// [`RateLimit::apply`]).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in RATE_LIMIT_HEADERS.iter().zip(&self.values) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for RenderedRateLimit {
+    type Target = RateLimit;
+    fn deref(&self) -> &RateLimit {
+        &self.limit
+    }
+}
+
 /// The rate-limit resource an answer was charged to, from its headers (`core` if unsaid).
 pub fn resource_of(headers: &HeaderMap) -> &str {
     headers.get(&RATE_LIMIT_HEADERS[4]).and_then(|v| v.to_str().ok()).unwrap_or("core")
@@ -157,5 +258,15 @@ mod tests {
         assert_eq!(out["x-ratelimit-remaining"], "4990");
         assert_eq!(out["x-ratelimit-used"], "10");
         assert!(RateLimit::from_headers(&HeaderMap::new()).is_none());
+
+        let (name, value) =
+            intern_header(HeaderName::from_bytes(b"X-GitHub-Media-Type").unwrap(), hv("github.v3"));
+        assert_eq!((name.as_str(), value.to_str().unwrap()), ("x-github-media-type", "github.v3"));
+        let (name, value) = intern_header(HeaderName::from_static("x-custom"), hv("etc"));
+        assert_eq!((name.as_str(), value.to_str().unwrap()), ("x-custom", "etc"));
+
+        let mut rendered_out = HeaderMap::new();
+        RenderedRateLimit::from(rl).apply(&mut rendered_out);
+        assert_eq!(rendered_out, out, "rendered once, applied the same");
     }
 }

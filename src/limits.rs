@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::config::LimitsSettings;
-use crate::github::RateLimit;
+use crate::github::{RateLimit, RenderedRateLimit};
 use crate::identity::Partition;
 
 /// Where GitHub documents its rate limits (used in the answers ghgate gives for them).
@@ -99,7 +99,7 @@ impl quick_cache::Equivalent<LedgerKey> for LedgerKeyRef<'_> {
 
 #[derive(Clone)]
 struct Line {
-    limit: Arc<RateLimit>,
+    limit: Arc<RenderedRateLimit>,
     recorded: Instant,
 }
 
@@ -108,7 +108,7 @@ impl Ledger {
         Ledger { lines: quick_cache::sync::Cache::new(LEDGER_CAPACITY) }
     }
 
-    fn get(&self, partition: &Partition, resource: &str) -> Option<Arc<RateLimit>> {
+    fn get(&self, partition: &Partition, resource: &str) -> Option<Arc<RenderedRateLimit>> {
         let key = LedgerKeyRef { partition: partition.as_str(), resource };
         let line = self.lines.get(&key)?;
         if line.recorded.elapsed() > LEDGER_TTL {
@@ -120,11 +120,11 @@ impl Ledger {
 
     fn insert(&self, partition: &Partition, limit: RateLimit) {
         let key = LedgerKey { partition: partition.clone(), resource: limit.resource.clone() };
-        self.lines.insert(key, Line { limit: Arc::new(limit), recorded: Instant::now() });
+        self.lines.insert(key, Line { limit: Arc::new(limit.into()), recorded: Instant::now() });
     }
 
     /// Every line still within [`LEDGER_TTL`].
-    fn iter(&self) -> impl Iterator<Item = (LedgerKey, Arc<RateLimit>)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (LedgerKey, Arc<RenderedRateLimit>)> + '_ {
         self.lines
             .iter()
             .filter(|(_, line)| line.recorded.elapsed() <= LEDGER_TTL)
@@ -284,7 +284,7 @@ impl Budgets {
     /// The decision for an identity's next request to `resource`.
     pub fn admit(&self, partition: &Partition, resource: &str) -> Admission {
         let now = SystemTime::now();
-        let limit = self.ledger.get(partition, resource).map(|l| (*l).clone());
+        let limit = self.ledger.get(partition, resource).map(|l| RateLimit::clone(&l));
         if let Some(block) = self.blocked.get(partition) {
             if block.until > now {
                 return Admission::Stop {
@@ -315,7 +315,7 @@ impl Budgets {
     }
 
     /// The latest ledger line of an identity and resource.
-    pub fn latest(&self, partition: &Partition, resource: &str) -> Option<Arc<RateLimit>> {
+    pub fn latest(&self, partition: &Partition, resource: &str) -> Option<Arc<RenderedRateLimit>> {
         self.ledger.get(partition, resource)
     }
 

@@ -1294,7 +1294,7 @@ impl Gateway {
         now: SystemTime,
     ) -> Response {
         let mut headers = entry.headers.clone();
-        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
+        headers.insert(AGE, entry.age_header(now));
         self.apply_rate_limit(partition, &mut headers);
         if entry.satisfies_conditional(client) {
             return not_modified(headers);
@@ -1491,13 +1491,15 @@ fn concat(chunks: Vec<Bytes>) -> Bytes {
 }
 
 /// Copies header values out of the connection's read buffer (hyper hands out slices of it),
-/// so a stored entry pins only its own bytes.
+/// so a stored entry pins only its own bytes; GitHub's usual names and values become static
+/// ones ([`github::intern_header`]), which every hit then copies for free.
 fn detach_headers(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());
-        out.append(name.clone(), copy);
+        let (name, copy) = github::intern_header(name.clone(), copy);
+        out.append(name, copy);
     }
     out
 }

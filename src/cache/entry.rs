@@ -70,6 +70,11 @@ impl CachedResponse {
         self.initial_age + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)
     }
 
+    /// The `Age` header of an answer served from this entry now.
+    pub fn age_header(&self, now: SystemTime) -> HeaderValue {
+        age_header(self.age(now).as_secs())
+    }
+
     /// The strong or weak entity tag, if upstream sent one.
     pub fn etag(&self) -> Option<&HeaderValue> {
         self.headers.get(http::header::ETAG)
@@ -119,8 +124,29 @@ pub fn weak_eq(a: &str, b: &str) -> bool {
     a.trim_start_matches("W/") == b.trim_start_matches("W/")
 }
 
+/// An `Age` value. Ages up to an hour (nearly every hit: GitHub's answers are fresh for 60 s)
+/// come from a table rendered once, whose values are static: copying one onto an answer
+/// neither allocates nor touches a shared reference count.
+pub fn age_header(secs: u64) -> HeaderValue {
+    const RENDERED: u64 = 3600;
+    static AGES: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        (0..=RENDERED).map(|s| HeaderValue::from_static(Box::leak(s.to_string().into_boxed_str()))).collect()
+    });
+    match usize::try_from(secs).ok().and_then(|i| AGES.get(i)) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from(secs),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn age_values_read_the_same_from_the_table_and_beyond_it() {
+        for secs in [0u64, 1, 59, 60, 3599, 3600, 3601, 86_400] {
+            assert_eq!(super::age_header(secs), secs.to_string().as_str(), "{secs}");
+        }
+    }
+
     use super::*;
 
     fn entry(headers: &[(&str, &str)]) -> CachedResponse {

@@ -117,7 +117,9 @@ pub fn decode_response(bytes: &[u8]) -> Result<CachedResponse, CodecError> {
     let mut headers = HeaderMap::with_capacity(s.headers.len());
     for (k, v) in s.headers {
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad("header name"))?;
-        headers.append(name, HeaderValue::from_bytes(&v).map_err(|_| bad("header value"))?);
+        let value = HeaderValue::from_bytes(&v).map_err(|_| bad("header value"))?;
+        let (name, value) = crate::github::intern_header(name, value);
+        headers.append(name, value);
     }
     let mut vary = Vec::with_capacity(s.vary.len());
     for (k, v) in s.vary {
