@@ -105,6 +105,24 @@ fn hot_path(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // What a stored answer's headers cost to copy onto each hit: as parsed off the wire (names
+    // and values reference-counted) against GitHub's usual ones interned as static values.
+    let parsed: HeaderMap = res
+        .iter()
+        .map(|(k, v)| {
+            (
+                HeaderName::from_bytes(k.as_str().as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            )
+        })
+        .collect();
+    let interned: HeaderMap =
+        parsed.iter().map(|(k, v)| ghgate::github::intern_header(k.clone(), v.clone())).collect();
+    let mut group = c.benchmark_group("stored_headers");
+    group.bench_function("baseline: copy parsed headers", |b| b.iter(|| black_box(parsed.clone())));
+    group.bench_function("copy interned headers", |b| b.iter(|| black_box(interned.clone())));
+    group.finish();
 }
 
 criterion_group! {
