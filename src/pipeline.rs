@@ -107,6 +107,19 @@ struct Answer {
     entry: Option<Arc<CachedResponse>>,
 }
 
+impl Answer {
+    /// The answer a stored entry gives.
+    fn from_entry(entry: Arc<CachedResponse>, outcome: Outcome) -> Answer {
+        Answer {
+            status: entry.status,
+            headers: entry.headers.clone(),
+            body: entry.body.clone(),
+            outcome,
+            entry: Some(entry),
+        }
+    }
+}
+
 /// An upstream answer whose body is being streamed, with what was read before the cap.
 struct Streamed {
     response: reqwest::Response,
@@ -562,15 +575,8 @@ impl Gateway {
             async move {
                 let entry = gateway.responses.get_from_backend(&cache_key).await.ok().flatten()?;
                 let newer = prior_time.is_none_or(|t| entry.response_time > t);
-                (newer && entry.vary_matches(&client_headers)).then(|| {
-                    Fill::Complete(Arc::new(Answer {
-                        status: entry.status,
-                        headers: entry.headers.clone(),
-                        body: entry.body.clone(),
-                        outcome: Outcome::Coalesced,
-                        entry: Some(entry),
-                    }))
-                })
+                (newer && entry.vary_matches(&client_headers))
+                    .then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
             }
             .boxed()
         };
@@ -590,15 +596,7 @@ impl Gateway {
             && entry.is_fresh(SystemTime::now())
             && entry.vary_matches(&request.headers)
             && !self.is_marked_stale(&entry);
-        usable.then(|| {
-            Fill::Complete(Arc::new(Answer {
-                status: entry.status,
-                headers: entry.headers.clone(),
-                body: entry.body.clone(),
-                outcome: Outcome::Coalesced,
-                entry: Some(entry),
-            }))
-        })
+        usable.then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
     }
 
     /// Fetches from upstream (conditionally when there is a prior entry) and stores what may
@@ -616,15 +614,10 @@ impl Gateway {
         }
         let stale_fallback = |prior: &Option<Arc<CachedResponse>>| {
             let now = SystemTime::now();
-            prior.as_ref().filter(|p| p.within_stale_if_error(now)).map(|p| {
-                Fill::Complete(Arc::new(Answer {
-                    status: p.status,
-                    headers: p.headers.clone(),
-                    body: p.body.clone(),
-                    outcome: Outcome::Stale,
-                    entry: Some(Arc::clone(p)),
-                }))
-            })
+            prior
+                .as_ref()
+                .filter(|p| p.within_stale_if_error(now))
+                .map(|p| Fill::Complete(Arc::new(Answer::from_entry(Arc::clone(p), Outcome::Stale))))
         };
         let url = match self.upstream.url_for(&path_and_query) {
             Ok(url) => url,
@@ -683,13 +676,7 @@ impl Gateway {
                 Some(entry) => entry,
                 None => Arc::new(CachedResponse { response_time: SystemTime::now(), ..(*prior).clone() }),
             };
-            return Fill::Complete(Arc::new(Answer {
-                status: entry.status,
-                headers: entry.headers.clone(),
-                body: entry.body.clone(),
-                outcome: Outcome::Revalidated,
-                entry: Some(entry),
-            }));
+            return Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Revalidated)));
         }
         if status.is_server_error() {
             if let Some(stale) = stale_fallback(&prior) {

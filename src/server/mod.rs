@@ -89,7 +89,6 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
     let (shutdown, watcher) = watch::channel(false);
-    let proxy_app = App::Proxy(Arc::clone(&gateway));
     let admin_app = App::Admin(admin_router(Arc::clone(&gateway)));
 
     let limits = ConnectionLimits {
@@ -97,7 +96,7 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         max_header_bytes: settings.server.max_header_bytes,
         shutdown_grace: settings.server.shutdown_grace,
     };
-    let workers = workers::Workers::start(workers::count(settings.server.workers), &proxy_app, limits)?;
+    let workers = workers::Workers::start(workers::count(settings.server.workers), &gateway, limits)?;
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(serve(proxy, Dispatch::Workers(workers), watcher.clone(), "proxy", limits)));
     tasks.push(tokio::spawn(serve(admin, Dispatch::Here(admin_app), watcher.clone(), "admin", limits)));

@@ -13,6 +13,7 @@
 //! single HTTP/2 connection multiplexing many slow requests does not spread over cores.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpStream;
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::{App, ConnectionLimits, connection_builder, spawn_connection};
+use crate::pipeline::Gateway;
 
 /// A connection handed to a worker.
 type Handover = (std::net::TcpStream, SocketAddr);
@@ -38,12 +40,14 @@ struct Lane {
 }
 
 impl Workers {
-    /// Starts `count` workers serving `app`. Each runtime is built here, so a failure is
+    /// Starts `count` workers serving the proxy. Each runtime is built here, so a failure is
     /// reported before the gateway says it is listening.
-    pub(super) fn start(count: usize, app: &App, limits: ConnectionLimits) -> Result<Workers, String> {
-        let App::Proxy(gateway) = app else {
-            return Err("workers serve the proxy only".into());
-        };
+    pub(super) fn start(
+        count: usize,
+        gateway: &Arc<Gateway>,
+        limits: ConnectionLimits,
+    ) -> Result<Workers, String> {
+        let app = App::Proxy(Arc::clone(gateway));
         let mut lanes = Vec::with_capacity(count);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()

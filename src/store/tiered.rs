@@ -79,7 +79,7 @@ impl ResponseCache {
 
     /// The entry under `key`: from the hot tier, else from the backend (then kept hot).
     pub async fn get(&self, key: &str) -> Result<Option<Arc<CachedResponse>>, StoreError> {
-        if let Some(hot) = self.hot_get(key) {
+        if let Some(hot) = self.live_hot(key) {
             return Ok(Some(hot.entry));
         }
         self.get_from_backend(key).await
@@ -87,11 +87,11 @@ impl ResponseCache {
 
     /// The entry under `key` if the memory tier has it (no backend read).
     pub fn get_hot(&self, key: &str) -> Option<Arc<CachedResponse>> {
-        self.hot_get(key).map(|hot| hot.entry)
+        self.live_hot(key).map(|hot| hot.entry)
     }
 
     /// The hot tier's entry under `key`, unless it has expired (then it is dropped).
-    fn hot_get(&self, key: &str) -> Option<Hot> {
+    fn live_hot(&self, key: &str) -> Option<Hot> {
         let hot = self.hot.get(key)?;
         if hot.expires_at <= Instant::now() {
             self.hot.remove(key);
@@ -156,7 +156,7 @@ impl ResponseCache {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         if self.backend.as_ref().is_some_and(|b| !b.is_shared()) {
-            if let Some(hot) = self.hot_get(&key) {
+            if let Some(hot) = self.live_hot(&key) {
                 let age = SystemTime::now().duration_since(hot.persisted_at).unwrap_or_default();
                 if age < REFRESH_PERSIST_INTERVAL {
                     let refreshed = Hot::new(&key, entry, ttl, hot.persisted_at);
