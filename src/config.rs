@@ -410,6 +410,16 @@ impl Default for ServerSettings {
     }
 }
 
+impl ServerSettings {
+    /// The worker count `server.workers` asks for: 0 means one per CPU.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
 /// `[upstream]`: the GitHub API base URL and time limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

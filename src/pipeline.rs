@@ -191,7 +191,7 @@ impl Gateway {
         secret: &[u8],
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Gateway>, String> {
-        let upstream = Upstream::new(&settings.upstream)?;
+        let upstream = Upstream::new(&settings.upstream, settings.server.worker_count())?;
         let sealer = store::Sealer::new(secret);
         let negative = Arc::new(NegativeCache::new(
             &settings.negative,

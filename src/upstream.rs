@@ -1,6 +1,8 @@
-//! Talking to GitHub: one pooled HTTP client (rustls, HTTP/2 when offered), URL building
-//! under the configured base, and the header hygiene of a proxy.
+//! Talking to GitHub: pooled HTTP clients (rustls, HTTP/2 when offered), one per proxy worker,
+//! URL building under the configured base, and the header hygiene of a proxy.
 
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -74,26 +76,57 @@ pub fn request_headers(client: &HeaderMap) -> HeaderMap {
     headers
 }
 
+thread_local! {
+    /// The proxy worker this thread is, if it is one (see [`bind_thread_to_worker`]).
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks the current thread as proxy worker `index`, so its upstream requests use that
+/// worker's own connection pool. Called once by each worker thread as it starts.
+pub fn bind_thread_to_worker(index: usize) {
+    WORKER.with(|w| w.set(Some(index)));
+}
+
 /// The client for GitHub, with its base URL and time limits.
+///
+/// Each proxy worker gets its own pooled client. A pooled connection's I/O task runs on the
+/// runtime that opened it, so with one pool shared by every worker, a request on worker A that
+/// checked out a connection opened by worker B crossed to B's thread and back (two cross-thread
+/// wake-ups per upstream request). Threads that are not workers (admin, upkeep) share one.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: reqwest::Client,
+    shared: reqwest::Client,
+    per_worker: Arc<[OnceLock<reqwest::Client>]>,
+    connect_timeout: Duration,
     base: Url,
     timeout: Duration,
 }
 
 impl Upstream {
-    /// Builds the pooled client. Redirects are never followed: they go back to the client.
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
+    /// Builds the pooled client, with room for `workers` per-worker clients (built on each
+    /// worker's first request). Redirects are never followed: they go back to the client.
+    pub fn new(settings: &UpstreamSettings, workers: usize) -> Result<Self, String> {
+        let shared = build_client(settings.connect_timeout, settings.timeout)
             .map_err(|e| format!("upstream client: {e}"))?;
-        Ok(Self { client, base: settings.url.clone(), timeout: settings.timeout })
+        Ok(Self {
+            shared,
+            per_worker: (0..workers).map(|_| OnceLock::new()).collect(),
+            connect_timeout: settings.connect_timeout,
+            base: settings.url.clone(),
+            timeout: settings.timeout,
+        })
+    }
+
+    /// The client of the current thread: its worker's own, or the shared one.
+    fn client(&self) -> &reqwest::Client {
+        let Some(slot) = WORKER.with(Cell::get).and_then(|index| self.per_worker.get(index)) else {
+            return &self.shared;
+        };
+        slot.get_or_init(|| {
+            // Built with the settings the shared client was built with, so it cannot fail
+            // for them; should it fail anyway (resources), the shared pool still works.
+            build_client(self.connect_timeout, self.timeout).unwrap_or_else(|_| self.shared.clone())
+        })
     }
 
     /// The configured base URL.
@@ -117,7 +150,7 @@ impl Upstream {
         headers: HeaderMap,
         body: Option<reqwest::Body>,
     ) -> Result<(reqwest::Response, Duration), UpstreamError> {
-        let mut request = self.client.request(method, url).headers(headers);
+        let mut request = self.client().request(method, url).headers(headers);
         if let Some(body) = body {
             request = request.body(body);
         }
@@ -130,6 +163,17 @@ impl Upstream {
             Ok(Ok(response)) => Ok((response, started.elapsed())),
         }
     }
+}
+
+/// One pooled client: no redirects followed, Nagle off, idle connections kept for a minute.
+fn build_client(connect_timeout: Duration, read_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(connect_timeout)
+        .read_timeout(read_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
 }
 
 /// An error and its causes on one line (reqwest's top-level message alone says little).
@@ -154,11 +198,35 @@ mod tests {
             url: Url::parse("https://ghe.example.com/api/v3/").unwrap(),
             ..Default::default()
         };
-        let up = Upstream::new(&s).unwrap();
+        let up = Upstream::new(&s, 2).unwrap();
         assert_eq!(
             up.url_for("/repos/o/r?page=2").unwrap().as_str(),
             "https://ghe.example.com/api/v3/repos/o/r?page=2"
         );
+    }
+
+    #[test]
+    fn each_worker_thread_gets_its_own_pool_and_other_threads_share_one() {
+        let up = Upstream::new(&UpstreamSettings::default(), 2).unwrap();
+        let shared: *const reqwest::Client = up.client();
+        let on_worker = |index: usize| {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        bind_thread_to_worker(index);
+                        std::ptr::from_ref(up.client()) as usize
+                    })
+                    .join()
+                    .unwrap()
+            })
+        };
+        let (first, second) = (on_worker(0), on_worker(1));
+        assert_ne!(first, shared as usize);
+        assert_ne!(second, shared as usize);
+        assert_ne!(first, second);
+        // A worker keeps its client; an index beyond the configured workers shares.
+        assert_eq!(on_worker(0), first);
+        assert_eq!(on_worker(7), shared as usize);
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         max_header_bytes: settings.server.max_header_bytes,
         shutdown_grace: settings.server.shutdown_grace,
     };
-    let workers = workers::Workers::start(workers::count(settings.server.workers), &gateway, limits)?;
+    let workers = workers::Workers::start(settings.server.worker_count(), &gateway, limits)?;
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(serve(proxy, Dispatch::Workers(workers), watcher.clone(), "proxy", limits)));
     tasks.push(tokio::spawn(serve(admin, Dispatch::Here(admin_app), watcher.clone(), "admin", limits)));

@@ -61,6 +61,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("ghgate-worker-{index}"))
                 .spawn(move || {
+                    crate::upstream::bind_thread_to_worker(index);
                     runtime.block_on(run(receiver, app, limits));
                     // Tasks still alive (a background revalidation) are dropped with the runtime.
                     drop(runtime);
@@ -116,12 +117,4 @@ async fn run(mut receiver: mpsc::UnboundedReceiver<Handover>, app: App, limits: 
         }
     }
     super::drain(graceful, limits, "proxy").await;
-}
-
-/// The worker count `server.workers` asks for: 0 means one per CPU.
-pub(super) fn count(configured: usize) -> usize {
-    if configured > 0 {
-        return configured;
-    }
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
