@@ -561,6 +561,10 @@ impl Gateway {
         if let Some(landed) = self.landed_since_look_up(&request) {
             return landed;
         }
+        let Some(backend) = self.responses.backend().filter(|b| b.is_shared()).cloned() else {
+            // No other replica can be fetching it: nothing to wait for.
+            return self.fill_from_upstream(request).await;
+        };
         let lock_key = format!("lock:{}", ResponseCache::backend_key(&request.key.key));
         let hold = self.settings.upstream.timeout + Duration::from_secs(2);
         let wait = self.settings.store.lock_wait;
@@ -582,8 +586,7 @@ impl Gateway {
         };
         let worker = Arc::clone(&self);
         let work = move || worker.fill_from_upstream(request).boxed();
-        let backend = self.responses.backend().cloned();
-        store::once_across_replicas(backend.as_ref(), &lock_key, hold, wait, &self.metrics, check, work).await
+        store::once_across_replicas(Some(&backend), &lock_key, hold, wait, &self.metrics, check, work).await
     }
 
     /// The entry another flight for this key stored between this request's look-up and its
