@@ -662,7 +662,9 @@ impl Gateway {
                     entry: None,
                 }));
             };
-            let merged = policy::merge_not_modified(&prior.headers, &response_headers);
+            // Only the 304's own headers need copying out of the connection's buffers.
+            let merged = policy::merge_not_modified(&prior.headers, &detach_headers(&response_headers));
+            let refreshed = Stored::Refreshed { headers: merged, body: prior.body.clone() };
             let entry = self
                 .store_entry(
                     &key,
@@ -670,8 +672,7 @@ impl Gateway {
                     &path,
                     &request_headers,
                     prior.status,
-                    merged,
-                    Stored::Refreshed(prior.body.clone()),
+                    refreshed,
                     credential_tag,
                 )
                 .await;
@@ -724,18 +725,9 @@ impl Gateway {
                 self.negative.consider(candidate, status, &response_headers, &body).await;
             }
         }
-        let entry = self
-            .store_entry(
-                &key,
-                partition,
-                &path,
-                &request_headers,
-                status,
-                response_headers.clone(),
-                Stored::Fetched(body.clone()),
-                credential_tag,
-            )
-            .await;
+        let fetched = Stored::Fetched { headers: &response_headers, body: &body };
+        let entry =
+            self.store_entry(&key, partition, &path, &request_headers, status, fetched, credential_tag).await;
         if entry.is_none() && prior.is_some() {
             // A newer answer that may not be stored replaces the old one: forget it.
             if let Err(e) = self.responses.remove(&key.key).await {
@@ -761,19 +753,21 @@ impl Gateway {
         path: &str,
         request_headers: &HeaderMap,
         status: StatusCode,
-        headers: HeaderMap,
-        body: Stored,
+        answer: Stored<'_>,
         credential_tag: Option<u64>,
     ) -> Option<Arc<CachedResponse>> {
         let now = SystemTime::now();
-        let (body, refreshed) = match body {
-            // A copy of exactly the body's size: the chunk it came in may be a slice of a much
-            // larger read buffer, which would stay pinned for the entry's whole life.
-            Stored::Fetched(body) => (Bytes::copy_from_slice(&body), false),
-            // Already a detached copy: share it.
-            Stored::Refreshed(body) => (body, true),
+        let verdict =
+            self.policy.evaluate(partition, path, request_headers, status, answer.headers(), now)?;
+        let (headers, body, refreshed) = match answer {
+            // Copies of exactly the body's size and of each header value: the chunk the body
+            // came in may be a slice of a much larger read buffer, which would stay pinned for
+            // the entry's whole life (and so would the header block's buffer).
+            Stored::Fetched { headers, body } => {
+                (detach_headers(headers), Bytes::copy_from_slice(body), false)
+            }
+            Stored::Refreshed { headers, body } => (headers, body, true),
         };
-        let verdict = self.policy.evaluate(partition, path, request_headers, status, &headers, now)?;
         let vary = policy::extra_vary_names(&headers)
             .into_iter()
             .map(|name| {
@@ -783,7 +777,7 @@ impl Gateway {
             .collect();
         let entry = Arc::new(CachedResponse {
             status,
-            headers: detach_headers(&headers),
+            headers,
             body,
             response_time: now,
             initial_age: verdict.initial_age,
@@ -1313,10 +1307,23 @@ impl Gateway {
     }
 }
 
-/// The body of an answer to store: fetched just now, or the body of an entry a 304 refreshed.
-enum Stored {
-    Fetched(Bytes),
-    Refreshed(Bytes),
+/// An answer to store. Stored headers and bodies are copies detached from connection buffers;
+/// each is copied once.
+enum Stored<'a> {
+    /// Fetched just now: headers and body are copied here.
+    Fetched { headers: &'a HeaderMap, body: &'a Bytes },
+    /// A 304 refresh: the prior entry's headers merged with the 304's (both already detached)
+    /// and the prior entry's body, shared.
+    Refreshed { headers: HeaderMap, body: Bytes },
+}
+
+impl Stored<'_> {
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Stored::Fetched { headers, .. } => headers,
+            Stored::Refreshed { headers, .. } => headers,
+        }
+    }
 }
 
 /// Phase 1: refuses requests a proxy must not forward.
