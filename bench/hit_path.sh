@@ -64,6 +64,7 @@ seq 0 $((ENTRIES - 1)) | awk -v p="$GW_PORT" '{printf "url = \"http://127.0.0.1:
 curl -s --parallel --parallel-max 32 -H "Authorization: $TOKEN" -K "$work/urls.cfg"
 entries=$(metric ghgate_store_entries)
 store_bytes=$(metric ghgate_store_bytes)
+hot_bytes=$(metric ghgate_store_hot_bytes)
 rss_after=$(rss_kib "$GW_PID")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -88,4 +89,5 @@ echo "|---|---:|"
 echo "| RSS before filling | $((rss_before / 1024)) MiB |"
 echo "| RSS after filling | $((rss_after / 1024)) MiB |"
 echo "| entries in store | $entries |"
-echo "| store bytes (weighted) | $store_bytes |"
+echo "| disk store bytes (weighted) | $store_bytes |"
+echo "| memory tier bytes (weighted) | $hot_bytes |"
