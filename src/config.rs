@@ -385,6 +385,10 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// Largest request header block accepted; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Largest request body forwarded upstream; larger ones get 413 (GitHub's own largest,
+    /// a 100 MB blob, fits the default).
+    #[serde(with = "size")]
+    pub max_body_bytes: u64,
     /// How long in-flight requests may run after a stop signal before they are cut off.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
@@ -404,6 +408,7 @@ impl Default for ServerSettings {
             admin_token: None,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            max_body_bytes: 100 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
         }
@@ -763,6 +768,9 @@ impl Settings {
         if !(8192..=1 << 20).contains(&self.server.max_header_bytes) {
             bad("server.max_header_bytes", "must be between 8192 and 1048576".into());
         }
+        if self.server.max_body_bytes == 0 {
+            bad("server.max_body_bytes", "must be greater than zero".into());
+        }
         if self.server.workers > 1024 {
             bad(
                 "server.workers",
@@ -1102,6 +1110,7 @@ mod tests {
         assert_eq!(first_key(load_toml("[upstream]\nurl = \"ftp://x\"\n")), "upstream.url");
         assert_eq!(first_key(load_toml("[store]\nbackend = \"floppy\"\n")), "store.backend");
         assert_eq!(first_key(load_toml("[server]\nworkers = 5000\n")), "server.workers");
+        assert_eq!(first_key(load_toml("[server]\nmax_body_bytes = 0\n")), "server.max_body_bytes");
         assert_eq!(first_key(load_toml("[server]\nworkers = -1\n")), "server.workers");
     }
 

@@ -11,6 +11,7 @@
 //! 6. **answer**: rewrite links, add `x-ghgate-cache`, count the outcome ([`Gateway::finish`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -286,6 +287,13 @@ impl Gateway {
             self.metrics.bad_requests.increment(1);
             warn!(%peer, method = %parts.method, %message, "refused malformed request");
             let response = github::error_response(StatusCode::BAD_REQUEST, &message);
+            return self.finish(response, Outcome::Bypass, peer, started, &parts, None);
+        }
+        let max_body = self.settings.server.max_body_bytes;
+        if declared_length(&parts.headers).is_some_and(|len| len > max_body) {
+            self.metrics.bad_requests.increment(1);
+            warn!(%peer, method = %parts.method, path = parts.uri.path(), "refused a request body over server.max_body_bytes");
+            let response = body_too_large(max_body);
             return self.finish(response, Outcome::Bypass, peer, started, &parts, None);
         }
         if self.cors.is_preflight(&parts.method, &parts.headers) {
@@ -926,6 +934,7 @@ impl Gateway {
         url: url::Url,
     ) -> Response {
         let body = body.unwrap_or_default();
+        let over_limit = Arc::new(AtomicBool::new(false));
         let headers = upstream::request_headers(&parts.headers);
         let has_body = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
             || parts
@@ -949,11 +958,17 @@ impl Gateway {
                     }
                 }
             }
-            (_, true) => SendBody::Stream(body),
+            (_, true) => SendBody::Stream(limit_body(body, self.settings.server.max_body_bytes, &over_limit)),
         };
         let sent = self.send_upstream(caller, parts.method.clone(), url, headers, body, None).await;
         let response = match sent {
             Ok((response, _)) => response,
+            Err(_) if over_limit.load(Ordering::Relaxed) => {
+                // A chunked body crossed the limit: the upstream request was cut off with it.
+                self.metrics.bad_requests.increment(1);
+                warn!(method = %parts.method, path = parts.uri.path(), "cut off a request body over server.max_body_bytes");
+                return body_too_large(self.settings.server.max_body_bytes);
+            }
             Err(error) => {
                 if let SendError::Upstream(e) = &error {
                     warn!(error = %e, method = %parts.method, path = parts.uri.path(), "upstream request failed");
@@ -1538,6 +1553,30 @@ fn send_error_response(error: &SendError) -> Response {
         }
         SendError::Broker(rejection) => github::error_response(rejection.status, &rejection.message),
     }
+}
+
+/// A streamed request body that fails once more than `max` bytes have passed, setting
+/// `over_limit` so the failed upstream request can be reported as the client's 413.
+fn limit_body(body: Body, max: u64, over_limit: &Arc<AtomicBool>) -> Body {
+    let over_limit = Arc::clone(over_limit);
+    let mut passed: u64 = 0;
+    Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let chunk = chunk?;
+        passed = passed.saturating_add(chunk.len() as u64);
+        if passed > max {
+            over_limit.store(true, Ordering::Relaxed);
+            return Err(axum::Error::new("request body larger than server.max_body_bytes"));
+        }
+        Ok(chunk)
+    }))
+}
+
+/// The 413 for a request body over `server.max_body_bytes`.
+fn body_too_large(max: u64) -> Response {
+    github::error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("ghgate: request body larger than server.max_body_bytes ({max} bytes)"),
+    )
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -138,6 +138,42 @@ async fn slow_headers_oversized_heads_bad_methods_and_header_injection_are_refus
 }
 
 #[tokio::test]
+async fn request_bodies_over_server_max_body_bytes_are_refused_with_413() {
+    let fake = FakeGitHub::start().await;
+    let gw = start_gateway(&fake.url(), |s| s.server.max_body_bytes = 1024).await;
+    let url = format!("{}/repos/octo/hello/issues", gw.url);
+    let post =
+        |body: reqwest::Body| gw.client.post(&url).header("authorization", "token t").body(body).send();
+    let posts_upstream = || fake.log().iter().filter(|(m, _, _)| m == http::Method::POST).count();
+
+    // A declared length over the limit: refused before anything goes upstream.
+    let answer = post(vec![b'a'; 2048].into()).await.unwrap();
+    assert_eq!(answer.status(), 413);
+    let error: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+    assert!(error["message"].as_str().unwrap().contains("server.max_body_bytes"), "{error}");
+    assert!(error["documentation_url"].is_string(), "GitHub's error shape: {error}");
+    assert_eq!(posts_upstream(), 0);
+
+    // A chunked body (no declared length) that crosses the limit: cut off, and the client is
+    // told why rather than handed a 502.
+    let chunks = (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'b'; 512])));
+    let answer = post(reqwest::Body::wrap_stream(futures::stream::iter(chunks))).await.unwrap();
+    assert_eq!(answer.status(), 413);
+
+    // Within the limit, declared or chunked: forwarded whole.
+    let answer = post(vec![b'c'; 1024].into()).await.unwrap();
+    assert_eq!(answer.status(), 201);
+    assert_eq!(answer.text().await.unwrap().len(), 1024);
+    let chunks = (0..2).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'd'; 512])));
+    let answer = post(reqwest::Body::wrap_stream(futures::stream::iter(chunks))).await.unwrap();
+    assert_eq!(answer.status(), 201);
+    assert_eq!(answer.text().await.unwrap(), "d".repeat(1024));
+
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("ghgate_bad_requests_total 2"), "both refusals counted");
+}
+
+#[tokio::test]
 async fn connections_are_spread_over_the_workers_which_share_one_cache() {
     let fake = FakeGitHub::start().await;
     fake.put("/repos/octo/hello", Resource::json("{}"));
