@@ -35,7 +35,7 @@ pub enum Admission {
         /// GitHub's message.
         message: String,
         /// The ledger entry, for the `x-ratelimit-*` headers of the local answer.
-        limit: Option<RateLimit>,
+        limit: Option<Arc<RenderedRateLimit>>,
     },
 }
 
@@ -284,7 +284,7 @@ impl Budgets {
     /// The decision for an identity's next request to `resource`.
     pub fn admit(&self, partition: &Partition, resource: &str) -> Admission {
         let now = SystemTime::now();
-        let limit = self.ledger.get(partition, resource).map(|l| RateLimit::clone(&l));
+        let limit = self.ledger.get(partition, resource);
         if let Some(block) = self.blocked.get(partition) {
             if block.until > now {
                 return Admission::Stop {
@@ -403,7 +403,7 @@ pub fn stop_response(
     until: SystemTime,
     status: StatusCode,
     message: &str,
-    limit: Option<&RateLimit>,
+    limit: Option<&RenderedRateLimit>,
 ) -> axum::response::Response {
     let mut response = crate::github::error_response(status, message);
     let body = serde_json::json!({ "message": message, "documentation_url": RATE_LIMIT_DOCS });

@@ -478,7 +478,7 @@ impl Gateway {
                     );
                 }
                 self.metrics.local_limit_answers.increment(1);
-                return (limits::stop_response(until, status, &message, limit.as_ref()), Outcome::Negative);
+                return (limits::stop_response(until, status, &message, limit.as_deref()), Outcome::Negative);
             }
         }
 
@@ -876,7 +876,7 @@ impl Gateway {
             self.budgets.admit(&caller.partition, resource)
         {
             self.metrics.local_limit_answers.increment(1);
-            return (limits::stop_response(until, status, &message, limit.as_ref()), Outcome::Negative);
+            return (limits::stop_response(until, status, &message, limit.as_deref()), Outcome::Negative);
         }
         let mut response = self.forward(parts, body, buffered, caller, url).await;
         if response.status() == StatusCode::FORBIDDEN

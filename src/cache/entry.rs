@@ -140,14 +140,14 @@ pub fn age_header(secs: u64) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn age_values_read_the_same_from_the_table_and_beyond_it() {
         for secs in [0u64, 1, 59, 60, 3599, 3600, 3601, 86_400] {
-            assert_eq!(super::age_header(secs), secs.to_string().as_str(), "{secs}");
+            assert_eq!(age_header(secs), secs.to_string().as_str(), "{secs}");
         }
     }
-
-    use super::*;
 
     fn entry(headers: &[(&str, &str)]) -> CachedResponse {
         let mut h = HeaderMap::new();
