@@ -80,11 +80,11 @@ for config in "memory 32 -" "memory 64 -" "memory 128 -" "disk 64 0" "disk 256 0
   held=$(metric ghgate_store_bytes)
   bound_bytes=$((store_mib * 1024 * 1024))
   if [ "$backend" = disk ] && [ "$hot_bytes" -gt 1 ]; then
-    held="$held + $(metric ghgate_store_hot_bytes)"
+    held=$((held + $(metric ghgate_store_hot_bytes)))
     bound_bytes=$((bound_bytes + hot_bytes))
   fi
   kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
   hot_col=$([ "$hot_mib" = "-" ] && echo "—" || { [ "$hot_mib" = 0 ] && echo "off" || echo "$hot_mib MiB"; })
-  held_mib=$(awk -v h="$(( ${held// /} ))" 'BEGIN { printf "%.1f MiB", h / 1048576 }')
+  held_mib=$(awk -v h="$held" 'BEGIN { printf "%.1f MiB", h / 1048576 }')
   echo "| $backend | $store_mib MiB | $hot_col | $entries | $held_mib | $(mib "$start") MiB | $(mib "$peak") MiB | $(mib "$tail_min")–$(mib "$tail_max") MiB | $(awk -v p="$peak" -v s="$start" -v b="$bound_bytes" 'BEGIN { printf "%.2f", (p - s) * 1024 / b }') |"
 done
