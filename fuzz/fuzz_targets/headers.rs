@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = ghgate::cache::key::CacheKey::new(&partition, "/repos/octo/hello?page=2", &request);
     if let Some(limit) = ghgate::github::RateLimit::from_headers(&response) {
         let mut out = HeaderMap::new();
-        limit.apply(&mut out);
+        ghgate::github::RenderedRateLimit::from(limit).apply(&mut out);
     }
     let _ = ghgate::github::resource_of(&response);
     ghgate::rewrite::rewrite_headers(&mut response, "https://api.github.com", "http://127.0.0.1:8080");
