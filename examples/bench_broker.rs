@@ -9,7 +9,7 @@
 //!
 //! `cargo run --release --example bench_broker`
 
-#[path = "../tests/support/fake_github.rs"]
+#[path = "../tests/it/support/fake_github.rs"]
 mod fake_github;
 
 use std::time::{Duration, Instant};

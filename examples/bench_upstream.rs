@@ -7,7 +7,7 @@
 //! With `--stats-port`, `GET /` there answers `{"requests":…,"charged":…,"not_modified":…}`:
 //! what the proxies in front cost, counted where GitHub would count it.
 
-#[path = "../tests/support/fake_github.rs"]
+#[path = "../tests/it/support/fake_github.rs"]
 mod fake_github;
 
 use fake_github::{FakeGitHub, Resource};

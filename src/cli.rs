@@ -69,7 +69,9 @@ pub fn main() -> ExitCode {
             println!("key_sha256 (put it in [[clients]]):                  {hash}");
             ExitCode::SUCCESS
         }
-        Command::CheckConfig(args) => match Settings::load(args.config.as_deref(), &Overrides::default()) {
+        Command::CheckConfig(args) => match Settings::load(args.config.as_deref(), &Overrides::default())
+            .and_then(|settings| crate::server::check_settings(&settings))
+        {
             Ok(_) => {
                 println!("configuration is valid");
                 ExitCode::SUCCESS
@@ -82,7 +84,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => {
             let overrides =
                 Overrides { listen: args.listen, admin_listen: args.admin_listen, upstream: args.upstream };
-            let settings = match Settings::load(args.config.config.as_deref(), &overrides) {
+            let loaded = Settings::load(args.config.config.as_deref(), &overrides);
+            let settings = match loaded.and_then(|s| crate::server::check_settings(&s).map(|()| s)) {
                 Ok(s) => s,
                 Err(errors) => {
                     eprintln!("{errors}");

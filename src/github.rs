@@ -210,6 +210,37 @@ impl std::ops::Deref for RenderedRateLimit {
     }
 }
 
+/// What a 403 from GitHub says, as far as a proxy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// "Bad credentials": the token itself was refused.
+    BadCredentials,
+    /// A rate limit (`retry-after`, `x-ratelimit-remaining: 0`, or "rate limit" in the text).
+    RateLimited,
+    /// "Resource not accessible by integration": the token lacks a permission.
+    NotAccessible,
+    /// Anything else.
+    Other,
+}
+
+impl Refusal {
+    /// Reads a refusal from its headers and body.
+    pub fn of(headers: &HeaderMap, body: &[u8]) -> Refusal {
+        let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+        let rate_limited = headers.contains_key(http::header::RETRY_AFTER)
+            || headers.get("x-ratelimit-remaining").is_some_and(|v| v == "0");
+        if text.contains("bad credentials") {
+            Refusal::BadCredentials
+        } else if rate_limited || text.contains("rate limit") {
+            Refusal::RateLimited
+        } else if text.contains("not accessible") {
+            Refusal::NotAccessible
+        } else {
+            Refusal::Other
+        }
+    }
+}
+
 /// The rate-limit resource an answer was charged to, from its headers (`core` if unsaid).
 pub fn resource_of(headers: &HeaderMap) -> &str {
     headers.get(&RATE_LIMIT_HEADERS[4]).and_then(|v| v.to_str().ok()).unwrap_or("core")

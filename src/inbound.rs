@@ -6,14 +6,21 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::{HeaderMap, HeaderValue, Method};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use ipnet::IpNet;
+use tracing::warn;
 
-use crate::config::{CorsSettings, InboundSettings};
+use crate::config::{CorsSettings, InboundSettings, Settings};
+use crate::github;
+use crate::identity::{Partition, Partitioner};
+use crate::telemetry::Metrics;
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the nearest
 /// untrusted address in `X-Forwarded-For` / `Forwarded` (walked from the right, so a client
@@ -59,6 +66,166 @@ pub fn client_address(
         }
     }
     chain.iter().rev().find(|ip| !is_trusted(ip)).copied().unwrap_or(peer_ip)
+}
+
+/// The admit phase's verdict on a request.
+pub enum Admitted {
+    /// Go on; the credential's partition when the limiter already derived it (identify
+    /// reuses it).
+    Proceed(Option<Partition>),
+    /// A webhook delivery for the gateway itself.
+    Webhook,
+    /// Refused here, with this answer (malformed, too large, over the limit) — or a CORS
+    /// preflight, answered here.
+    Answered(Response),
+}
+
+/// Everything between a client and the request path: request hygiene, the body cap, CORS and
+/// the limiter.
+pub struct Inbound {
+    limiter: InboundLimiter,
+    cors: Cors,
+    trusted_proxies: Vec<IpNet>,
+    cf_connecting_ip: bool,
+    max_body_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Inbound {
+    /// From the settings.
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Inbound {
+        Inbound {
+            limiter: InboundLimiter::new(&settings.inbound),
+            cors: Cors::new(&settings.cors),
+            trusted_proxies: settings.server.trusted_proxies.clone(),
+            cf_connecting_ip: settings.inbound.cf_connecting_ip,
+            max_body_bytes: settings.server.max_body_bytes,
+            metrics,
+        }
+    }
+
+    /// Phase 1, admit: the webhook route; requests a proxy must not forward (400); bodies
+    /// declared over `server.max_body_bytes` (413); CORS preflights; the limiter (429). Every
+    /// refusal is counted and logged.
+    pub fn admit(&self, parts: &Parts, peer: SocketAddr, partitioner: &Partitioner) -> Admitted {
+        if parts.uri.path() == crate::webhook::PATH && parts.method == Method::POST {
+            return Admitted::Webhook;
+        }
+        if let Err(message) = check_request(parts) {
+            self.metrics.bad_requests.increment(1);
+            warn!(%peer, method = %parts.method, %message, "refused malformed request");
+            return Admitted::Answered(github::error_response(StatusCode::BAD_REQUEST, &message));
+        }
+        if declared_length(&parts.headers).is_some_and(|len| len > self.max_body_bytes) {
+            self.metrics.bad_requests.increment(1);
+            warn!(%peer, method = %parts.method, path = parts.uri.path(), "refused a request body over server.max_body_bytes");
+            return Admitted::Answered(body_too_large(self.max_body_bytes));
+        }
+        if self.cors.is_preflight(&parts.method, &parts.headers) {
+            return Admitted::Answered(self.cors.preflight(&parts.headers));
+        }
+        if !self.limiter.is_enabled() {
+            return Admitted::Proceed(None);
+        }
+        // The limiter keys on the client's credential, else its real address. The
+        // credential's partition is kept for identification, which needs it too.
+        let (key, partition) = if parts.headers.contains_key(http::header::AUTHORIZATION) {
+            let partition = partitioner.partition(&parts.headers);
+            (format!("k:{partition}"), Some(partition))
+        } else {
+            let address = client_address(peer, &parts.headers, &self.trusted_proxies, self.cf_connecting_ip);
+            (format!("a:{address}"), None)
+        };
+        if let Err(wait) = self.limiter.check(&key) {
+            self.metrics.inbound_limited.increment(1);
+            let mut response = github::error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ghgate: too many requests from this client; slow down and retry after the time given",
+            );
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            return Admitted::Answered(response);
+        }
+        Admitted::Proceed(partition)
+    }
+
+    /// Adds the CORS headers to any answer (see [`Cors::apply`]).
+    pub fn apply_cors(&self, request: &HeaderMap, response: &mut HeaderMap) {
+        self.cors.apply(request, response);
+    }
+
+    /// Forgets idle limiter keys, so the key map stays bounded (called by the upkeep task).
+    pub fn retain_recent(&self) {
+        self.limiter.retain_recent();
+    }
+}
+
+/// Refuses requests a proxy must not forward.
+pub fn check_request(parts: &Parts) -> Result<(), String> {
+    if parts.method == Method::CONNECT {
+        return Err("CONNECT is not supported: ghgate is a reverse proxy for the GitHub API".into());
+    }
+    if parts.version <= Version::HTTP_11 && parts.uri.scheme().is_some() {
+        return Err("absolute-form request targets are not accepted; send the path only".into());
+    }
+    let path = parts.uri.path();
+    if !path.starts_with('/') {
+        return Err("the request path must start with '/'".into());
+    }
+    check_path(path)
+}
+
+/// `.` or `..`, each dot possibly written `%2e` / `%2E` (checked without allocating: this
+/// runs on every request).
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2].eq_ignore_ascii_case(&b'e')
+        {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
+}
+
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Refuses dot segments (also percent-encoded): appended to an enterprise base such as
+/// `/api/v3`, `..` would climb out of it.
+pub fn check_path(path: &str) -> Result<(), String> {
+    for segment in path.split('/') {
+        if is_dot_segment(segment) {
+            return Err("dot segments ('.' or '..') are not allowed in request paths".into());
+        }
+        if segment.contains('\\') || contains_ignore_ascii_case(segment.as_bytes(), b"%5c") {
+            return Err("backslashes are not allowed in request paths".into());
+        }
+    }
+    Ok(())
+}
+
+/// The length a request or answer declares, when it declares one.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The 413 for a request body over `server.max_body_bytes`.
+pub fn body_too_large(max: u64) -> Response {
+    github::error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("ghgate: request body larger than server.max_body_bytes ({max} bytes)"),
+    )
 }
 
 /// The inbound limiter (GCRA, keyed).
@@ -186,6 +353,28 @@ mod tests {
         let cf = h(&[("cf-connecting-ip", "192.0.2.1"), ("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(client_address(proxy, &cf, &trusted, true), "192.0.2.1".parse::<IpAddr>().unwrap());
         assert_eq!(client_address(proxy, &cf, &trusted, false), "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+
+    fn parts(method: &str, uri: &str) -> Parts {
+        http::Request::builder().method(method).uri(uri).body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn dot_segments_and_connect_are_refused() {
+        assert!(check_request(&parts("GET", "/repos/o/r")).is_ok());
+        assert!(check_request(&parts("GET", "/repos/../admin")).is_err());
+        assert!(check_request(&parts("GET", "/repos/%2E%2e/admin")).is_err());
+        assert!(check_request(&parts("GET", "/a/%5c/b")).is_err());
+        assert!(check_request(&parts("CONNECT", "example.com:443")).is_err());
+        assert!(check_request(&parts("GET", "http://evil.example/x")).is_err());
+        for dots in [".", "..", "%2e", "%2E%2e", ".%2e", "%2e."] {
+            assert!(check_path(&format!("/a/{dots}/b")).is_err(), "{dots}");
+            assert!(check_path(&format!("/a/{dots}")).is_err(), "{dots} at the end");
+        }
+        for fine in ["...", ".a", "a.", "%2e%2e%2e", "%2", "v1.2", "%2ex", ""] {
+            assert!(check_path(&format!("/a/{fine}/b")).is_ok(), "{fine}");
+        }
+        assert!(check_path("/a/%5C").is_err() && check_path("/a/b\\c").is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod github;
 pub mod identity;
 pub mod inbound;
+pub mod invalidation;
 pub mod limits;
 pub mod negative;
 pub mod path_pattern;

@@ -224,9 +224,8 @@ impl Budgets {
             self.blocked.insert(partition.clone(), Block { until, status });
             if let Some(store) = self.shared.clone() {
                 let key = format!("b:{partition}");
-                let value = crate::store::frame(&status.as_u16().to_be_bytes(), until);
                 tokio::spawn(async move {
-                    let _ = store.put(&key, value, wait).await;
+                    let _ = store.put_expiring(&key, &status.as_u16().to_be_bytes(), wait).await;
                 });
             }
         }
@@ -241,9 +240,8 @@ impl Budgets {
         let key = format!("l:{partition}:{}", limit.resource);
         let payload =
             format!("{} {} {} {} {}", limit.limit, limit.remaining, limit.used, limit.reset, limit.resource);
-        let value = crate::store::frame(payload.as_bytes(), SystemTime::now() + ttl);
         tokio::spawn(async move {
-            let _ = store.put(&key, value, ttl).await;
+            let _ = store.put_expiring(&key, payload.as_bytes(), ttl).await;
         });
     }
 
@@ -252,24 +250,20 @@ impl Budgets {
     /// are ignored: the local view stands.
     pub async fn refresh(&self, partition: &Partition, resource: &str) {
         let Some(store) = &self.shared else { return };
-        if let Ok(Some(framed)) = store.get(&format!("b:{partition}")).await {
-            if let Ok((until, payload)) = crate::store::unframe(&framed) {
-                let status = payload
-                    .try_into()
-                    .map(u16::from_be_bytes)
-                    .ok()
-                    .and_then(|s| StatusCode::from_u16(s).ok());
-                if let Some(status) = status {
-                    if until > SystemTime::now()
-                        && self.blocked.get(partition).is_none_or(|b| b.until < until)
-                    {
-                        self.blocked.insert(partition.clone(), Block { until, status });
-                    }
+        if let Ok(Some(hold)) = store.get_live(&format!("b:{partition}")).await {
+            let until = hold.expires_at;
+            let status = <[u8; 2]>::try_from(&hold.payload[..])
+                .map(u16::from_be_bytes)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok());
+            if let Some(status) = status {
+                if self.blocked.get(partition).is_none_or(|b| b.until < until) {
+                    self.blocked.insert(partition.clone(), Block { until, status });
                 }
             }
         }
-        if let Ok(Some(framed)) = store.get(&format!("l:{partition}:{resource}")).await {
-            if let Some(line) = crate::store::unframe(&framed).ok().and_then(|(_, p)| parse_line(p)) {
+        if let Ok(Some(shared)) = store.get_live(&format!("l:{partition}:{resource}")).await {
+            if let Some(line) = parse_line(&shared.payload) {
                 let newer = self
                     .ledger
                     .get(partition, resource)

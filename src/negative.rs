@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use crate::config::{NegativeAnswer, NegativeRuleSettings, NegativeSettings};
+use crate::config::{ConfigError, NegativeAnswer, NegativeRuleSettings, NegativeSettings};
 use crate::path_pattern::PathPattern;
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// The built-in rule for GitHub's statuses limit.
@@ -28,6 +28,21 @@ pub const STATUSES_LIMIT: &str = "statuses_limit";
 pub const NOT_FOUND: &str = "not_found";
 /// The built-in rule for "this GitHub App is not installed on this owner or repository".
 pub const APP_NOT_INSTALLED: &str = "app_not_installed";
+
+/// The settings problems only this module can see: operator rules that do not compile. Called
+/// by [`crate::server::check_settings`] (so by `check-config` and at start-up).
+pub fn check_settings(settings: &NegativeSettings) -> Vec<ConfigError> {
+    settings
+        .rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rule)| {
+            Rule::from_settings(rule)
+                .err()
+                .map(|message| ConfigError { key: format!("negative.rules[{i}]"), message })
+        })
+        .collect()
+}
 
 /// The words GitHub uses when a SHA and context are full (matched case-insensitively).
 const STATUSES_LIMIT_PHRASE: &str = "reached the maximum number of statuses";
@@ -330,12 +345,8 @@ impl NegativeCache {
 
     /// The remembered answer for a candidate, counting a hit.
     pub async fn lookup(&self, candidate: &Candidate) -> Option<Remembered> {
-        let framed = self.store.get(&candidate.key).await.ok()??;
-        let (expires_at, payload) = store::unframe(&framed).ok()?;
-        if expires_at <= SystemTime::now() {
-            return None;
-        }
-        let remembered: Remembered = postcard::from_bytes(payload).ok()?;
+        let live = self.store.get_live(&candidate.key).await.ok()??;
+        let remembered: Remembered = postcard::from_bytes(&live.payload).ok()?;
         if let Some(m) = self.metrics.get(&self.rules[candidate.rule].name) {
             m.hits.increment(1);
         }
@@ -385,8 +396,7 @@ impl NegativeCache {
             body: body.to_vec(),
         };
         let payload = postcard::to_stdvec(&remembered).expect("encoding to memory cannot fail");
-        let framed = store::frame(&payload, SystemTime::now() + rule.ttl);
-        if self.store.put(&candidate.key, framed, rule.ttl).await.is_ok() {
+        if self.store.put_expiring(&candidate.key, &payload, rule.ttl).await.is_ok() {
             if let Some(m) = metrics {
                 m.stored.increment(1);
             }
@@ -437,8 +447,7 @@ impl NegativeCache {
 
     /// Whether "not installed" is remembered under `key` (counting a hit).
     pub async fn is_not_installed(&self, key: &str, count_hit: bool) -> bool {
-        let Some(framed) = self.store.get(key).await.ok().flatten() else { return false };
-        let live = store::unframe(&framed).is_ok_and(|(expires_at, _)| expires_at > SystemTime::now());
+        let live = matches!(self.store.get_live(key).await, Ok(Some(_)));
         if live && count_hit {
             if let Some(m) = self.metrics.get(APP_NOT_INSTALLED) {
                 m.hits.increment(1);
@@ -465,8 +474,7 @@ impl NegativeCache {
         if ttl.is_zero() {
             return;
         }
-        let framed = store::frame(b"not installed", SystemTime::now() + ttl);
-        if self.store.put(key, framed, ttl).await.is_ok() {
+        if self.store.put_expiring(key, b"not installed", ttl).await.is_ok() {
             if let Some(m) = self.metrics.get(APP_NOT_INSTALLED) {
                 m.stored.increment(1);
             }

@@ -136,7 +136,7 @@ impl Upstream {
 
     /// The upstream URL of a request path and query: appended to the base, so a base of
     /// `https://ghe/api/v3` keeps its prefix. The path must already be checked (see
-    /// [`crate::server::check_path`]).
+    /// [`crate::inbound::check_path`]).
     pub fn url_for(&self, path_and_query: &str) -> Result<Url, String> {
         let base = self.base.as_str().trim_end_matches('/');
         Url::parse(&format!("{base}{path_and_query}")).map_err(|e| format!("bad request path: {e}"))

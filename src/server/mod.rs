@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::config::Settings;
+use crate::config::{ConfigErrors, Settings};
 use crate::github;
 use crate::identity;
 use crate::pipeline::Gateway;
@@ -26,8 +26,6 @@ use crate::store::{self, Health};
 use crate::telemetry::Metrics;
 
 mod workers;
-
-pub use crate::pipeline::check_path;
 
 /// A started gateway: its bound addresses and the means to stop it.
 pub struct Running {
@@ -64,9 +62,23 @@ impl Running {
     }
 }
 
+/// Every check of `settings`: the relations between keys ([`Settings::validate`]) and the
+/// checks that need a module's own code (an app's private key loads, a negative rule compiles).
+/// `check-config` runs this, and so does [`start`]; each error names its key.
+pub fn check_settings(settings: &Settings) -> Result<(), ConfigErrors> {
+    let mut errors = match settings.validate() {
+        Ok(()) => Vec::new(),
+        Err(ConfigErrors(errors)) => errors,
+    };
+    errors.extend(crate::app_auth::check_settings(settings));
+    errors.extend(crate::negative::check_settings(&settings.negative));
+    if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+}
+
 /// Binds both listeners and starts serving. Fails with a message naming the setting when a
 /// listener cannot be bound or the secret cannot be read or created.
 pub async fn start(settings: Settings) -> Result<Running, String> {
+    check_settings(&settings).map_err(|errors| errors.to_string())?;
     let settings = Arc::new(settings);
     let secret = identity::load_or_create_secret(settings.server.secret.as_deref(), &settings.store.data_dir)
         .map_err(|e| {
@@ -89,7 +101,7 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
     let (shutdown, watcher) = watch::channel(false);
-    let admin_app = App::Admin(admin_router(Arc::clone(&gateway)));
+    let admin_app = Service::Admin(admin_router(Arc::clone(&gateway)));
 
     let limits = ConnectionLimits {
         header_read_timeout: settings.server.header_read_timeout,
@@ -107,7 +119,7 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => marks_gateway.pull_marks().await,
+                    _ = tick.tick() => marks_gateway.invalidation().pull_marks().await,
                     _ = marks_stop.changed() => break,
                 }
             }
@@ -150,7 +162,7 @@ struct ConnectionLimits {
 /// What a listener serves: the proxy hands every request straight to the pipeline (no
 /// routing to do, and this is the hot path); the admin listener routes with axum.
 #[derive(Clone)]
-enum App {
+enum Service {
     Proxy(Arc<Gateway>),
     Admin(Router),
 }
@@ -158,7 +170,7 @@ enum App {
 /// Where accepted connections are served: on the runtime that accepted them (admin), or
 /// handed to the proxy workers.
 enum Dispatch {
-    Here(App),
+    Here(Service),
     Workers(workers::Workers),
 }
 
@@ -182,21 +194,21 @@ fn spawn_connection(
     graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
-    app: App,
+    app: Service,
 ) {
     let _ = stream.set_nodelay(true);
     let service =
         hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
             use futures::future::Either;
             match &app {
-                App::Proxy(gateway) => {
+                Service::Proxy(gateway) => {
                     let gateway = Arc::clone(gateway);
                     let request = request.map(Body::new);
                     Either::Left(async move {
                         Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await)
                     })
                 }
-                App::Admin(router) => {
+                Service::Admin(router) => {
                     request.extensions_mut().insert(ConnectInfo(peer));
                     let mut router = router.clone();
                     Either::Right(async move { tower::Service::call(&mut router, request).await })
@@ -345,7 +357,7 @@ async fn purge(
     if q.path.is_none() && q.owner.is_none() {
         return github::error_response(StatusCode::BAD_REQUEST, "give path, or owner (and repo)");
     }
-    gateway.purge(q.path.as_deref(), q.owner.as_deref(), q.repo.as_deref()).await;
+    gateway.invalidation().purge(q.path.as_deref(), q.owner.as_deref(), q.repo.as_deref()).await;
     info!(path = ?q.path, owner = ?q.owner, repo = ?q.repo, "purged");
     axum::Json(serde_json::json!({ "purged": true })).into_response()
 }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use super::{App, ConnectionLimits, connection_builder, spawn_connection};
+use super::{ConnectionLimits, Service, connection_builder, spawn_connection};
 use crate::pipeline::Gateway;
 
 /// A connection handed to a worker.
@@ -28,11 +28,12 @@ type Handover = (std::net::TcpStream, SocketAddr);
 
 /// The running workers, as seen by the accept loop.
 pub(super) struct Workers {
-    lanes: Vec<Lane>,
+    workers: Vec<Worker>,
     next: usize,
 }
 
-struct Lane {
+/// One worker thread, as the accept loop sees it.
+struct Worker {
     sender: mpsc::UnboundedSender<Handover>,
     /// Resolves when the worker has drained its connections and stopped.
     stopped: oneshot::Receiver<()>,
@@ -47,8 +48,8 @@ impl Workers {
         gateway: &Arc<Gateway>,
         limits: ConnectionLimits,
     ) -> Result<Workers, String> {
-        let app = App::Proxy(Arc::clone(gateway));
-        let mut lanes = Vec::with_capacity(count);
+        let app = Service::Proxy(Arc::clone(gateway));
+        let mut workers = Vec::with_capacity(count);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -69,10 +70,10 @@ impl Workers {
                 })
                 .map_err(|e| format!("server.workers: cannot start worker {index}: {e}"))?;
             let connections = gateway.metrics().worker_connections(index);
-            lanes.push(Lane { sender, stopped, connections });
+            workers.push(Worker { sender, stopped, connections });
         }
         gateway.metrics().proxy_workers.set(count as f64);
-        Ok(Workers { lanes, next: 0 })
+        Ok(Workers { workers, next: 0 })
     }
 
     /// Gives an accepted connection to the next worker in turn.
@@ -84,10 +85,10 @@ impl Workers {
                 return;
             }
         };
-        let lane = &self.lanes[self.next % self.lanes.len()];
+        let worker = &self.workers[self.next % self.workers.len()];
         self.next = self.next.wrapping_add(1);
-        lane.connections.increment(1);
-        if lane.sender.send((stream, peer)).is_err() {
+        worker.connections.increment(1);
+        if worker.sender.send((stream, peer)).is_err() {
             warn!(%peer, "a proxy worker has stopped; connection dropped");
         }
     }
@@ -95,19 +96,19 @@ impl Workers {
     /// Stops handing out connections and waits until every worker has let its in-flight
     /// requests finish (each bounded by `server.shutdown_grace`).
     pub(super) async fn drain(self) {
-        let mut stopped = Vec::with_capacity(self.lanes.len());
-        for lane in self.lanes {
-            drop(lane.sender);
-            stopped.push(lane.stopped);
+        let mut stopped = Vec::with_capacity(self.workers.len());
+        for worker in self.workers {
+            drop(worker.sender);
+            stopped.push(worker.stopped);
         }
-        for worker in stopped {
-            let _ = worker.await;
+        for done in stopped {
+            let _ = done.await;
         }
     }
 }
 
 /// One worker's life: serve what it is handed until the accept loop stops, then drain.
-async fn run(mut receiver: mpsc::UnboundedReceiver<Handover>, app: App, limits: ConnectionLimits) {
+async fn run(mut receiver: mpsc::UnboundedReceiver<Handover>, app: Service, limits: ConnectionLimits) {
     let builder = connection_builder(limits);
     let graceful = GracefulShutdown::new();
     while let Some((stream, peer)) = receiver.recv().await {

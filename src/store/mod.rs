@@ -11,9 +11,11 @@ mod redis;
 mod sealed;
 mod tiered;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use codec::{CodecError, decode_response, encode_response, frame, unframe};
@@ -147,54 +149,118 @@ pub fn from_settings(settings: &Settings, metrics: Arc<Metrics>) -> Result<Store
     Ok(Stores { responses: ResponseCache::new(hot_bytes, backend.clone(), metrics), backend, state })
 }
 
-/// Runs `work` on one replica at a time for `lock_key`, so replicas sharing a store make one
-/// upstream request for one key. Others poll `check` (every 25 ms) for the result the worker
-/// stores, take over if the lock is released without one, and go alone after `wait`.
-///
-/// Without a shared store (memory, disk) `work` simply runs: inside one process the
-/// coalescer already lets one request do the work. Store failures also mean "go alone".
-pub async fn once_across_replicas<T, C, W>(
-    backend: Option<&Arc<dyn Store>>,
-    lock_key: &str,
-    hold: Duration,
-    wait: Duration,
-    metrics: &Metrics,
-    check: C,
-    work: W,
-) -> T
-where
-    C: Fn() -> BoxFuture<'static, Option<T>>,
-    W: FnOnce() -> BoxFuture<'static, T>,
-{
-    let Some(backend) = backend.filter(|b| b.is_shared()) else { return work().await };
-    let fence = match backend.try_lock(lock_key, hold).await {
-        Ok(Some(fence)) => fence,
-        Err(_) => return work().await,
-        Ok(None) => {
-            metrics.lock_waits.increment(1);
-            let deadline = std::time::Instant::now() + wait;
-            let mut polls = 0u32;
-            loop {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-                if let Some(found) = check().await {
-                    return found;
-                }
-                polls += 1;
-                if polls % 4 == 0 {
-                    match backend.try_lock(lock_key, hold).await {
-                        Ok(Some(fence)) => break fence,
-                        Ok(None) => {}
-                        Err(_) => return work().await,
-                    }
-                }
-                if std::time::Instant::now() >= deadline {
-                    metrics.lock_timeouts.increment(1);
-                    return work().await;
+/// A value read back with [`Store::get_live`](trait.Store.html#method.get_live): its payload,
+/// checked, and when it stops counting.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// When the writer said the value stops counting.
+    pub expires_at: SystemTime,
+    /// The payload, as written.
+    pub payload: Bytes,
+}
+
+impl dyn Store {
+    /// Stores `payload` under `key` for `ttl`, framed with its expiry and a checksum (see
+    /// [`frame`]): every small value (tokens, look-ups, negative entries, marks, ledger lines)
+    /// goes through here, so no caller frames by hand.
+    pub async fn put_expiring(&self, key: &str, payload: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        self.put(key, frame(payload, SystemTime::now() + ttl), ttl).await
+    }
+
+    /// The payload under `key` when it is there, intact and not past its expiry; a damaged or
+    /// expired value reads as absent. Store failures are errors (the backend has counted and
+    /// logged them).
+    pub async fn get_live(&self, key: &str) -> Result<Option<Live>, StoreError> {
+        let Some(framed) = self.get(key).await? else { return Ok(None) };
+        let Ok((expires_at, payload)) = unframe(&framed) else { return Ok(None) };
+        if expires_at <= SystemTime::now() {
+            return Ok(None);
+        }
+        let start = framed.len() - payload.len();
+        Ok(Some(Live { expires_at, payload: framed.slice(start..) }))
+    }
+}
+
+/// A piece of upstream work that replicas sharing a store should do once: one replica does
+/// it while the others look, now and then, for the result it stores.
+pub trait ReplicaWork: Send {
+    /// What the work produces (and waiting replicas find).
+    type Output: Send;
+
+    /// What another replica stored for this work, if it is there yet.
+    fn check(&self) -> impl Future<Output = Option<Self::Output>> + Send;
+
+    /// Does the work (storing its result where [`ReplicaWork::check`] looks).
+    fn work(self) -> impl Future<Output = Self::Output> + Send;
+}
+
+/// A lock in a shared store under which one replica at a time does a [`ReplicaWork`].
+pub struct ReplicaLock<'a> {
+    /// The store the replicas share.
+    pub backend: &'a Arc<dyn Store>,
+    /// The lock's key (`lock:<what the work is for>`).
+    pub key: String,
+    /// How long the lock is held at most (the work's own deadline plus a margin).
+    pub hold: Duration,
+    /// How long a replica waits for another's result before doing the work itself.
+    pub wait: Duration,
+}
+
+impl ReplicaLock<'_> {
+    /// Does `job` here once this replica holds the lock; while another holds it, polls
+    /// [`ReplicaWork::check`] every 25 ms, takes over if the lock is released without a
+    /// result, and goes alone after `wait`. A store that no other replica shares, or that
+    /// fails, means "go alone": inside one process the coalescer already lets one request work.
+    pub async fn run<J: ReplicaWork>(&self, job: J, metrics: &Metrics) -> J::Output {
+        if !self.backend.is_shared() {
+            return job.work().await;
+        }
+        let fence = match self.backend.try_lock(&self.key, self.hold).await {
+            Ok(Some(fence)) => fence,
+            Err(_) => return job.work().await,
+            Ok(None) => match self.wait_for_other(&job, metrics).await {
+                Waited::Found(found) => return found,
+                Waited::GoAlone => return job.work().await,
+                Waited::Locked(fence) => fence,
+            },
+        };
+        let result = job.work().await;
+        let _ = self.backend.unlock(&self.key, fence).await;
+        result
+    }
+
+    /// Polls for another replica's result while it holds the lock.
+    async fn wait_for_other<J: ReplicaWork>(&self, job: &J, metrics: &Metrics) -> Waited<J::Output> {
+        metrics.lock_waits.increment(1);
+        let deadline = std::time::Instant::now() + self.wait;
+        let mut polls = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if let Some(found) = job.check().await {
+                return Waited::Found(found);
+            }
+            polls += 1;
+            if polls % 4 == 0 {
+                match self.backend.try_lock(&self.key, self.hold).await {
+                    Ok(Some(fence)) => return Waited::Locked(fence),
+                    Ok(None) => {}
+                    Err(_) => return Waited::GoAlone,
                 }
             }
+            if std::time::Instant::now() >= deadline {
+                metrics.lock_timeouts.increment(1);
+                return Waited::GoAlone;
+            }
         }
-    };
-    let result = work().await;
-    let _ = backend.unlock(lock_key, fence).await;
-    result
+    }
+}
+
+/// How waiting for another replica ended.
+enum Waited<T> {
+    /// It stored the result.
+    Found(T),
+    /// It let go of the lock without one: this replica holds it now.
+    Locked(u64),
+    /// The store failed or the wait ran out.
+    GoAlone,
 }

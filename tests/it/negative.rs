@@ -1,7 +1,7 @@
 //! Futile-request protection end to end: the fake GitHub enforces a small statuses limit with
 //! GitHub's exact 422 bodies, and counts what every scenario cost.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

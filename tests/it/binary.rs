@@ -1,6 +1,6 @@
 //! The `ghgate` binary as operators run it: `check-config` and `serve` with flags alone.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

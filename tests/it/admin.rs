@@ -1,7 +1,7 @@
 //! The admin API on the admin listener: purges, statistics, token metadata, and the admin
 //! token that protects it off loopback.
 
-mod support;
+use crate::support;
 
 use support::app::{add_app, client, fake_with_app, get_with_key};
 use support::{FakeGitHub, Resource, outcome, start_gateway};

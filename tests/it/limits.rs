@@ -1,7 +1,7 @@
 //! Rate-limit governance end to end: the fake GitHub counts budgets down to zero, answers
 //! secondary limits three ways, and records when each identity's requests arrive.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Webhook-driven freshness: signed deliveries in GitHub's payload shapes (tests/data/webhooks)
 //! mark exactly the entries they concern stale, and installation events drop tokens.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The GitHub App broker end to end: clients with gateway keys, the fake GitHub verifying
 //! app JWTs, minting tokens that expire and lag, and counting mints and look-ups.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

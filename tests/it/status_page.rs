@@ -6,7 +6,7 @@
 //! Without Chromium these tests fail (CI installs it); set `GHGATE_SKIP_BROWSER_TESTS=1` to
 //! skip them on a machine without it.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Malformed requests get a clear error and the gateway keeps serving; the admin listener
 //! reports what happened.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

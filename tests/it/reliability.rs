@@ -2,7 +2,7 @@
 //! load. Each test is bounded in time and uses loopback only. RELIABILITY.md records what
 //! these tests establish and how to re-run them.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,7 @@
 //! End-to-end behaviour of the cache: the real gateway on a loopback port in front of the
 //! fake GitHub, asserting through the fake's counters what each scenario cost.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

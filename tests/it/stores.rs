@@ -1,7 +1,7 @@
 //! Shared and persistent state: the embedded disk store across restarts, and replicas sharing
 //! a real `redis-server` (started by the test on a free port).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,0 +1,211 @@
+//! Invalidation: what makes a stored answer stale before its freshness runs out, and what lets
+//! it stay fresh longer.
+//!
+//! Marks are "stale since" times, by path key (a write through the gateway, RFC 9111 §4.4, or
+//! an admin purge of a path) or by scope (`repo:o/r`, `owner:o`: a webhook, or an admin purge
+//! of a repository or owner). An entry fetched before a mark on its path, repository or owner
+//! is stale; a hit costs one map look-up, and none until the first mark. With a shared store,
+//! scope marks are written to it (`inv:<scope>`) and every replica pulls them each second.
+//! Repositories that sent a webhook recently are *covered*: any change would have marked them,
+//! so their entries may stay fresh for `webhooks.covered_freshness`.
+//!
+//! Not: deciding freshness from headers (in `cache`), or checking webhook signatures (in
+//! `webhook`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+use crate::app_auth::Broker;
+use crate::cache::CachedResponse;
+use crate::config::Settings;
+use crate::negative::{self, NegativeCache};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::webhook::{self, Effect};
+
+/// How long staleness marks are kept in a shared store (entries kept fresh longer than this by
+/// `webhooks.covered_freshness` could outlive their mark on other replicas).
+const MARK_TTL: Duration = Duration::from_secs(3600);
+
+/// The staleness marks and webhook coverage of one gateway.
+pub struct Invalidation {
+    /// When an unsafe request, a purge or a webhook last changed a path key or scope.
+    marks: moka::sync::Cache<String, SystemTime>,
+    /// Set by the first staleness mark; until then hits skip the mark look-ups.
+    any_marks: AtomicBool,
+    /// Repositories (`owner/repo`) that sent a webhook delivery recently: their changes
+    /// would invalidate, so their entries may stay fresh longer.
+    covered: moka::sync::Cache<String, SystemTime>,
+    covered_freshness: Duration,
+    /// The store other replicas share, when there is one: marks go there too.
+    shared: Option<Arc<dyn Store>>,
+    /// The upstream base, to recognise a write's `Location` as one of its paths.
+    upstream_base: String,
+    negative: Arc<NegativeCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl Invalidation {
+    /// No marks yet; `backend` is used only when other replicas share it.
+    pub fn new(
+        settings: &Settings,
+        backend: Option<Arc<dyn Store>>,
+        negative: Arc<NegativeCache>,
+        metrics: Arc<Metrics>,
+    ) -> Invalidation {
+        Invalidation {
+            marks: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(settings.cache.retain_stale.max(Duration::from_secs(60)))
+                .build(),
+            any_marks: AtomicBool::new(false),
+            covered: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(settings.webhooks.coverage_window.max(Duration::from_secs(1)))
+                .build(),
+            covered_freshness: settings.webhooks.covered_freshness,
+            shared: backend.filter(|b| b.is_shared()),
+            upstream_base: crate::rewrite::base_of(&settings.upstream.url),
+            negative,
+            metrics,
+        }
+    }
+
+    /// Whether something changed an entry after it was fetched: a write to its path, or a
+    /// webhook (or purge) about its repository or owner.
+    pub fn is_marked_stale(&self, entry: &CachedResponse) -> bool {
+        // Until the first mark, nothing can be stale by one (and hits skip the look-ups).
+        if !self.any_marks.load(Ordering::Acquire) {
+            return false;
+        }
+        let after = |key: &str| self.marks.get(key).is_some_and(|t| t >= entry.response_time);
+        if after(&entry.path_key) {
+            return true;
+        }
+        match webhook::tags_of(&entry.path_key) {
+            (Some(owner), repo) => {
+                after(&format!("owner:{owner}")) || repo.is_some_and(|r| after(&format!("repo:{owner}/{r}")))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an entry is fresh because its repository has webhook coverage (see
+    /// `webhooks.covered_freshness`): any change would have marked it stale.
+    pub fn fresh_by_webhook_coverage(&self, entry: &CachedResponse, now: SystemTime) -> bool {
+        let extra = self.covered_freshness;
+        if extra.is_zero() || entry.freshness.fresh_for.is_zero() {
+            return false;
+        }
+        let (Some(owner), Some(repo)) = webhook::tags_of(&entry.path_key) else { return false };
+        now < entry.response_time + extra && self.covered.contains_key(&format!("{owner}/{repo}"))
+    }
+
+    /// RFC 9111 §4.4: a successful unsafe request makes the stored answers for its target
+    /// (and its `Location`) stale, in every partition.
+    pub fn after_write(&self, path: &str, response_headers: &HeaderMap) {
+        let now = SystemTime::now();
+        self.mark(crate::cache::key::path_key(path), now);
+        self.metrics.invalidations.increment(1);
+        self.metrics
+            .activity
+            .event("invalidation", format!("write {}", path.split('?').next().unwrap_or(path)));
+        let location = response_headers.get(http::header::LOCATION).and_then(|v| v.to_str().ok());
+        if let Some(rest) = location.and_then(|l| l.strip_prefix(self.upstream_base.as_str())) {
+            if rest.starts_with('/') {
+                self.mark(crate::cache::key::path_key(rest), now);
+            }
+        }
+    }
+
+    /// Admin purge: marks the entries of a path, a repository or an owner stale (in every
+    /// partition; with a shared store on every replica). The next read revalidates — free when
+    /// the data did not change — so purging never re-buys what is still current.
+    pub async fn purge(&self, path: Option<&str>, owner: Option<&str>, repo: Option<&str>) {
+        self.metrics.invalidations.increment(1);
+        let what = match (path, owner, repo) {
+            (Some(path), _, _) => format!("purge {}", path.split('?').next().unwrap_or(path)),
+            (None, Some(owner), Some(repo)) => format!("purge repo {owner}/{repo}"),
+            (None, Some(owner), None) => format!("purge owner {owner}"),
+            _ => "purge".to_string(),
+        };
+        self.metrics.activity.event("invalidation", what);
+        match (path, owner, repo) {
+            (Some(path), _, _) => self.mark(crate::cache::key::path_key(path), SystemTime::now()),
+            (None, Some(owner), Some(repo)) => {
+                self.mark_stale(format!("repo:{}/{}", owner.to_ascii_lowercase(), repo.to_ascii_lowercase()))
+                    .await
+            }
+            (None, Some(owner), None) => {
+                self.mark_stale(format!("owner:{}", owner.to_ascii_lowercase())).await
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies one effect of a webhook delivery of `event`: a repository's or owner's entries
+    /// become stale (and their remembered 404s and "not installed" are cleared); an
+    /// installation change makes the broker forget its tokens and look-ups.
+    pub async fn apply_webhook(&self, event: &str, effect: Effect, broker: &Broker) {
+        self.metrics.invalidations.increment(1);
+        let what = match &effect {
+            Effect::Repo { owner, repo } => format!("webhook {event}: repo {owner}/{repo}"),
+            Effect::Owner(owner) => format!("webhook {event}: owner {owner}"),
+            Effect::Installation { id, .. } => format!("webhook {event}: installation {id}"),
+        };
+        self.metrics.activity.event("invalidation", what);
+        match effect {
+            Effect::Repo { owner, repo } => {
+                self.covered.insert(format!("{owner}/{repo}"), SystemTime::now());
+                self.mark_stale(format!("repo:{owner}/{repo}")).await;
+                let _ = self.negative.clear(Some(negative::NOT_FOUND), Some(&owner), Some(&repo)).await;
+            }
+            Effect::Owner(owner) => {
+                self.mark_stale(format!("owner:{owner}")).await;
+                let _ = self.negative.clear(Some(negative::NOT_FOUND), Some(&owner), None).await;
+                let _ = self.negative.clear(Some(negative::APP_NOT_INSTALLED), Some(&owner), None).await;
+            }
+            Effect::Installation { id, account } => broker.forget_installation(id, account.as_deref()).await,
+        }
+    }
+
+    /// Brings in staleness marks other replicas wrote (called every second with a shared store).
+    pub async fn pull_marks(&self) {
+        let Some(shared) = &self.shared else { return };
+        let Ok(keys) = shared.keys_with_prefix("inv:").await else { return };
+        for key in keys {
+            let Ok(Some(mark)) = shared.get_live(&key).await else { continue };
+            let Ok(bytes) = <[u8; 8]>::try_from(&mark.payload[..]) else { continue };
+            let at = UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(bytes));
+            let scope = key.trim_start_matches("inv:").to_string();
+            if self.marks.get(&scope).is_none_or(|t| t < at) {
+                // Marks made while this replica runs show on its status page too.
+                if self.metrics.activity.started().is_some_and(|started| at > started) {
+                    let what = scope.replacen(':', " ", 1);
+                    self.metrics.activity.event("invalidation", format!("from another replica: {what}"));
+                }
+                self.mark(scope, at);
+            }
+        }
+    }
+
+    /// Marks a scope (`repo:o/r`, `owner:o`) stale now, here and — with a shared store — for
+    /// every replica (they pick marks up within a second, see [`Invalidation::pull_marks`]).
+    async fn mark_stale(&self, scope: String) {
+        let now = SystemTime::now();
+        self.mark(scope.clone(), now);
+        if let Some(shared) = &self.shared {
+            let millis = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            let _ = shared.put_expiring(&format!("inv:{scope}"), &millis.to_be_bytes(), MARK_TTL).await;
+        }
+    }
+
+    /// Records a staleness mark for a path key or a scope.
+    fn mark(&self, key: String, at: SystemTime) {
+        self.any_marks.store(true, Ordering::Release);
+        self.marks.insert(key, at);
+    }
+}

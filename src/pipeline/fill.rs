@@ -1,0 +1,384 @@
+//! Phase 5 on the cached track, fill: one upstream request per key — coalesced within the
+//! process, done once across replicas, conditional when an entry exists so GitHub's free 304
+//! can confirm it — whose answer every waiting request shares. A large body is streamed to
+//! the leader instead; an upstream failure falls back to a stale entry where the entry allows.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures::FutureExt;
+use http::header::{CONTENT_LENGTH, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+use tracing::warn;
+
+use super::finish::{send_error_response, streamed_response};
+use super::send::{Outgoing, SendBody, SendError};
+use super::storing::{Stored, detach_headers};
+use super::{Caller, Gateway, RequestCtx};
+use crate::cache::policy;
+use crate::cache::{CacheKey, CachedResponse, Outcome};
+use crate::coalesce::Role;
+use crate::github;
+use crate::negative::Candidate;
+use crate::store::{ReplicaLock, ReplicaWork, ResponseCache};
+use crate::upstream::{self, UpstreamError};
+
+/// Request headers whose values, when `Vary` names them, also separate concurrent fetches.
+const VARY_SELECTORS: [HeaderName; 3] = [
+    http::header::COOKIE,
+    HeaderName::from_static("x-github-otp"),
+    HeaderName::from_static("x-requested-with"),
+];
+
+/// What one upstream fetch for the cache produced; shared by every coalesced caller.
+#[derive(Clone)]
+pub(super) enum Fill {
+    /// A complete answer every caller can serve.
+    Complete(Arc<Answer>),
+    /// The body was too large to buffer: only the leader can stream it; followers go alone.
+    Streaming(Arc<Mutex<Option<Streamed>>>),
+    /// Upstream failed (or the broker refused) and no stale entry may stand in.
+    Failed(Arc<SendError>),
+}
+
+/// A buffered answer.
+pub(super) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// `Miss`, `Revalidated` or `Stale`.
+    pub outcome: Outcome,
+    /// The entry it came from or went into, for `Age` and conditional checks.
+    pub entry: Option<Arc<CachedResponse>>,
+}
+
+impl Answer {
+    /// The answer a stored entry gives.
+    fn from_entry(entry: Arc<CachedResponse>, outcome: Outcome) -> Answer {
+        Answer {
+            status: entry.status,
+            headers: entry.headers.clone(),
+            body: entry.body.clone(),
+            outcome,
+            entry: Some(entry),
+        }
+    }
+}
+
+/// An upstream answer whose body is being streamed, with what was read before the cap.
+pub(super) struct Streamed {
+    pub response: reqwest::Response,
+    pub prefix: Vec<Bytes>,
+}
+
+/// Everything a fill needs, owned, so it can run in its own task.
+pub(super) struct FillRequest {
+    pub key: CacheKey,
+    pub caller: Caller,
+    pub path_and_query: String,
+    pub path: String,
+    /// The client's headers as they go upstream, without validators of the entry's own.
+    pub headers: HeaderMap,
+    /// The entry being revalidated, if any.
+    pub prior: Option<Arc<CachedResponse>>,
+    /// The negative-cache entry a 404/410 answer would be remembered under.
+    pub negative: Option<Candidate>,
+}
+
+impl Gateway {
+    /// Phase 5: fills the key (or joins the fill under way) and answers from what it got.
+    pub(super) async fn fill(
+        self: &Arc<Self>,
+        ctx: &RequestCtx,
+        key: CacheKey,
+        entry: Option<Arc<CachedResponse>>,
+        negative: Option<Candidate>,
+    ) -> (Response, Outcome) {
+        let client_conditional = ctx.parts.headers.contains_key(IF_NONE_MATCH)
+            || ctx.parts.headers.contains_key(IF_MODIFIED_SINCE);
+        let mut request = self.fill_request(key, ctx, entry);
+        request.negative = negative;
+        let (fill, role) = if request.prior.is_none() && client_conditional {
+            // The client's own validators go upstream as they are: a 304 is free for it too,
+            // but has no body to share, so this fetch is not coalesced.
+            (Arc::clone(self).fill_once(request).await, Role::Leader)
+        } else {
+            let coalesce_key = coalesce_key(&request.key, &ctx.parts.headers);
+            let me = Arc::clone(self);
+            self.metrics.inflight_fills.set(self.fills.len() as f64);
+            let (flight, role) = self.fills.join(coalesce_key, move || me.fill_once(request).boxed());
+            match flight.await {
+                Ok(fill) => (fill, role),
+                Err(panicked) => {
+                    warn!(error = %panicked, "cache fill failed");
+                    let r = github::error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "ghgate: internal error while fetching",
+                    );
+                    return (r, Outcome::Miss);
+                }
+            }
+        };
+        match fill {
+            Fill::Complete(answer) => {
+                let outcome = if role == Role::Follower { Outcome::Coalesced } else { answer.outcome };
+                (self.answer_response(ctx, &answer), outcome)
+            }
+            Fill::Streaming(slot) => {
+                let streamed = slot.lock().expect("stream slot poisoned").take();
+                match streamed {
+                    Some(streamed) if role == Role::Leader => {
+                        (streamed_response(streamed, ctx.head), Outcome::Miss)
+                    }
+                    // A follower cannot share a stream: it fetches for itself.
+                    _ => (self.pass_through(ctx, Body::empty()).await.0, Outcome::Miss),
+                }
+            }
+            Fill::Failed(error) => (send_error_response(&error), Outcome::Miss),
+        }
+    }
+
+    /// The owned request a fill of `key` runs with.
+    pub(super) fn fill_request(
+        &self,
+        key: CacheKey,
+        ctx: &RequestCtx,
+        prior: Option<Arc<CachedResponse>>,
+    ) -> FillRequest {
+        let mut headers = upstream::request_headers(&ctx.parts.headers);
+        headers.remove(CONTENT_LENGTH);
+        headers.remove(http::header::CONTENT_TYPE);
+        if prior.is_some() {
+            headers.remove(IF_NONE_MATCH);
+            headers.remove(IF_MODIFIED_SINCE);
+        }
+        FillRequest {
+            key,
+            caller: ctx.caller().clone(),
+            path_and_query: ctx.path_and_query().to_string(),
+            path: ctx.path().to_string(),
+            headers,
+            prior,
+            negative: None,
+        }
+    }
+
+    /// One fill, once across replicas: with a shared store, one replica fetches a key while
+    /// the others wait for the entry it stores (see [`ReplicaLock`]).
+    pub(super) async fn fill_once(self: Arc<Self>, request: FillRequest) -> Fill {
+        if let Some(landed) = self.landed_since_look_up(&request) {
+            return landed;
+        }
+        let Some(backend) = self.responses.backend().filter(|b| b.is_shared()).cloned() else {
+            // No other replica can be fetching it: nothing to wait for.
+            return self.fetch(request).await;
+        };
+        let lock = ReplicaLock {
+            backend: &backend,
+            key: format!("lock:{}", ResponseCache::backend_key(&request.key.key)),
+            hold: self.settings.upstream.timeout + std::time::Duration::from_secs(2),
+            wait: self.settings.store.lock_wait,
+        };
+        let metrics = Arc::clone(&self.metrics);
+        lock.run(FillJob { gateway: self, request }, &metrics).await
+    }
+
+    /// The entry another flight for this key stored between this request's look-up and its
+    /// join (that flight had just finished, so there was nothing left to join): fresher than
+    /// what the look-up found, so it answers the request without a second upstream request.
+    fn landed_since_look_up(&self, request: &FillRequest) -> Option<Fill> {
+        let entry = self.responses.get_hot(&request.key.key)?;
+        let newer = request.prior.as_ref().is_none_or(|prior| entry.response_time > prior.response_time);
+        let usable = newer
+            && entry.is_fresh(SystemTime::now())
+            && entry.vary_matches(&request.headers)
+            && !self.invalidation.is_marked_stale(&entry);
+        usable.then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
+    }
+
+    /// Fetches from upstream (conditionally when there is a prior entry) and stores what may
+    /// be stored. Runs in its own task; its result is shared by coalesced callers.
+    async fn fetch(self: Arc<Self>, request: FillRequest) -> Fill {
+        let prior = request.prior.clone();
+        let url = match self.upstream.url_for(&request.path_and_query) {
+            Ok(url) => url,
+            Err(e) => return Fill::Failed(Arc::new(SendError::Upstream(UpstreamError::Unreachable(e)))),
+        };
+        let mut headers = request.headers.clone();
+        if let Some(prior) = &prior {
+            if let Some(etag) = prior.etag() {
+                headers.insert(IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(modified) = prior.last_modified() {
+                headers.insert(IF_MODIFIED_SINCE, modified.clone());
+            }
+        }
+        let outgoing = Outgoing { method: Method::GET, url, headers, body: SendBody::None };
+        let prior_tag = prior.as_ref().and_then(|p| p.credential_tag);
+        let (response, credential_tag) = match self.send_upstream(&request.caller, outgoing, prior_tag).await
+        {
+            Ok(answer) => answer,
+            Err(SendError::Upstream(error)) => {
+                warn!(%error, path = %request.path, "upstream request failed");
+                return stale_fallback(&prior)
+                    .unwrap_or_else(|| Fill::Failed(Arc::new(SendError::Upstream(error))));
+            }
+            Err(refused) => return Fill::Failed(Arc::new(refused)),
+        };
+        let status = response.status();
+        if status == StatusCode::OK
+            && prior
+                .as_ref()
+                .is_some_and(|p| p.credential_tag.is_some() && p.credential_tag != credential_tag)
+        {
+            // GitHub ties ETags to the token: after a rotation this one was paid.
+            self.metrics.app.rotation_refreshes.increment(1);
+        }
+        let mut response_headers = response.headers().clone();
+        upstream::strip_hop_by_hop(&mut response_headers);
+        policy::merge_vary(&mut response_headers);
+
+        if status == StatusCode::NOT_MODIFIED {
+            let Some(prior) = prior else {
+                // The client's own validators matched: a bodiless 304 for it alone.
+                return Fill::Complete(Arc::new(Answer {
+                    status,
+                    headers: response_headers,
+                    body: Bytes::new(),
+                    outcome: Outcome::Miss,
+                    entry: None,
+                }));
+            };
+            // Only the 304's own headers need copying out of the connection's buffers.
+            let merged = policy::merge_not_modified(&prior.headers, &detach_headers(&response_headers));
+            let refreshed = Stored::Refreshed { headers: merged, body: prior.body.clone() };
+            let entry = match self.store(&request, prior.status, refreshed, credential_tag).await {
+                Some(entry) => entry,
+                None => Arc::new(CachedResponse { response_time: SystemTime::now(), ..(*prior).clone() }),
+            };
+            return Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Revalidated)));
+        }
+        if status.is_server_error() {
+            if let Some(stale) = stale_fallback(&prior) {
+                warn!(status = status.as_u16(), path = %request.path, "upstream error; serving stale");
+                return stale;
+            }
+        }
+
+        let cap = self.settings.cache.max_body_bytes;
+        if response.content_length().is_some_and(|len| len > cap) {
+            return Fill::Streaming(Arc::new(Mutex::new(Some(Streamed { response, prefix: Vec::new() }))));
+        }
+        let mut response = response;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut read: u64 = 0;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len() as u64;
+                    chunks.push(chunk);
+                    if read > cap {
+                        let streamed = Streamed { response, prefix: chunks };
+                        return Fill::Streaming(Arc::new(Mutex::new(Some(streamed))));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let error = UpstreamError::BadBody(upstream::error_chain(&e.without_url()));
+                    warn!(%error, path = %request.path, "upstream body failed; nothing cached");
+                    return stale_fallback(&prior)
+                        .unwrap_or_else(|| Fill::Failed(Arc::new(SendError::Upstream(error))));
+                }
+            }
+        }
+        let body = concat(chunks);
+        let partition = &request.caller.partition;
+        if status == StatusCode::FORBIDDEN && !response_headers.contains_key(http::header::RETRY_AFTER) {
+            self.budgets.record_secondary_message(partition, status, &body);
+        }
+        if let Some(candidate) = &request.negative {
+            if matches!(status.as_u16(), 404 | 410) {
+                self.negative.consider(candidate, status, &response_headers, &body).await;
+            }
+        }
+        let fetched = Stored::Fetched { headers: &response_headers, body: &body };
+        let entry = self.store(&request, status, fetched, credential_tag).await;
+        if entry.is_none() && prior.is_some() {
+            // A newer answer that may not be stored replaces the old one: forget it. (A
+            // backend failure here is counted and logged by the backend.)
+            let _ = self.responses.remove(&request.key.key).await;
+        }
+        Fill::Complete(Arc::new(Answer {
+            status,
+            headers: response_headers,
+            body,
+            outcome: Outcome::Miss,
+            entry,
+        }))
+    }
+}
+
+/// One fill, done by one replica at a time: waiting replicas take the entry it stores.
+struct FillJob {
+    gateway: Arc<Gateway>,
+    request: FillRequest,
+}
+
+impl ReplicaWork for FillJob {
+    type Output = Fill;
+
+    /// An entry another replica stored after this request's prior, for the same variant.
+    async fn check(&self) -> Option<Fill> {
+        let entry = self.gateway.responses.get_from_backend(&self.request.key.key).await.ok().flatten()?;
+        let prior_time = self.request.prior.as_ref().map(|p| p.response_time);
+        let newer = prior_time.is_none_or(|t| entry.response_time > t);
+        (newer && entry.vary_matches(&self.request.headers))
+            .then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
+    }
+
+    async fn work(self) -> Fill {
+        self.gateway.fetch(self.request).await
+    }
+}
+
+/// The prior entry as the answer, when upstream failed and the entry's stale-if-error window
+/// allows it.
+fn stale_fallback(prior: &Option<Arc<CachedResponse>>) -> Option<Fill> {
+    let now = SystemTime::now();
+    prior
+        .as_ref()
+        .filter(|p| p.within_stale_if_error(now))
+        .map(|p| Fill::Complete(Arc::new(Answer::from_entry(Arc::clone(p), Outcome::Stale))))
+}
+
+/// The key concurrent fetches share: the cache key plus the values of headers that `Vary`
+/// may select on but the key does not include.
+pub(super) fn coalesce_key(key: &CacheKey, headers: &HeaderMap) -> String {
+    let mut k = key.key.clone();
+    for name in &VARY_SELECTORS {
+        if let Some(v) = headers.get(name) {
+            k.push('\n');
+            k.push_str(name.as_str());
+            k.push('=');
+            k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    k
+}
+
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().expect("one chunk"),
+        _ => {
+            let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                all.extend_from_slice(&c);
+            }
+            Bytes::from(all)
+        }
+    }
+}

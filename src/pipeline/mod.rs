@@ -1,0 +1,249 @@
+//! The request path. Every proxied request walks the same phases, in this order, in
+//! [`Gateway::handle`] — each a function over the request's [`RequestCtx`], each able to
+//! end the walk with an answer:
+//!
+//! 1. **admit** ([`crate::inbound::Inbound::admit`]): the webhook route, malformed requests,
+//!    the body cap, CORS preflights, the inbound limiter;
+//! 2. **identify** (`identify`): the credential partition, or the app installation a client
+//!    key stands for;
+//! 3. **look up** (`look_up`, cacheable reads only): a fresh entry answers at once;
+//! 4. **short-circuit** (`short_circuit`, both tracks): a remembered futile answer, or the
+//!    identity's budget (a stale entry rather than the last units; a local 403 at zero);
+//! 5. **fill** (`fill`): one upstream request per key — coalesced, conditional when an entry
+//!    exists, once across replicas — or, for everything that is not a cacheable read, the
+//!    request forwarded as it is (`pass_through`);
+//! 6. **store** (`store`): keep what the policy allows;
+//! 7. **finish** (`finish`): rewrite links, `x-ghgate-cache`, CORS, the access log and metrics.
+//!
+//! Sending upstream (`send`) — the identity's turn, the broker's token retries, accounting —
+//! is shared by fills and pass-throughs. This module knows the order of things; the rules
+//! live elsewhere: HTTP caching in `cache`, storage in `store`, budgets in `limits`,
+//! futile requests in `negative`, invalidation in `invalidation`, GitHub trivia in `github`.
+
+mod context;
+mod fill;
+mod finish;
+mod look_up;
+mod pass_through;
+mod send;
+mod short_circuit;
+mod storing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::StatusCode;
+
+pub(crate) use context::{Caller, RequestCtx, UpstreamAuth};
+pub use finish::CACHE_STATUS_HEADER;
+
+use crate::app_auth::{Broker, Identity, Rejection};
+use crate::cache::Outcome;
+use crate::cache::policy::FreshnessPolicy;
+use crate::coalesce::Coalescer;
+use crate::config::Settings;
+use crate::github;
+use crate::identity::{Partition, Partitioner};
+use crate::inbound::{Admitted, Inbound};
+use crate::invalidation::Invalidation;
+use crate::limits::{Budgets, Lanes};
+use crate::negative::NegativeCache;
+use crate::rewrite;
+use crate::store::{self, ResponseCache, Stores};
+use crate::telemetry::Metrics;
+use crate::upstream::Upstream;
+use fill::Fill;
+use look_up::LookUp;
+
+/// The shared state of one gateway: settings, stores, upstream clients, and each concern's
+/// state. One per process (or per test), shared by every connection.
+pub struct Gateway {
+    settings: Arc<Settings>,
+    inbound: Inbound,
+    partitioner: Partitioner,
+    broker: Broker,
+    policy: FreshnessPolicy,
+    responses: ResponseCache,
+    invalidation: Invalidation,
+    negative: Arc<NegativeCache>,
+    /// The rate-limit ledger per identity and resource, and the holds after secondary limits.
+    budgets: Budgets,
+    /// Per-identity concurrency and write spacing upstream.
+    lanes: Lanes,
+    fills: Coalescer<String, Fill>,
+    upstream: Upstream,
+    /// The upstream base URL as it appears in `Link` / `Location`, and the configured public
+    /// base that replaces it.
+    upstream_base: String,
+    public_url: Option<String>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Assembles a gateway from checked settings, its stores and the partition secret.
+    pub fn new(
+        settings: Arc<Settings>,
+        stores: Stores,
+        secret: &[u8],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Gateway>, String> {
+        let upstream = Upstream::new(&settings.upstream, settings.server.worker_count())?;
+        let negative = Arc::new(NegativeCache::new(
+            &settings.negative,
+            settings.broker.not_installed_ttl,
+            Arc::clone(&stores.state),
+            &metrics,
+        )?);
+        let broker = Broker::new(
+            &settings,
+            upstream.clone(),
+            stores.backend.clone(),
+            store::Sealer::new(secret),
+            Arc::clone(&negative),
+            Arc::clone(&metrics),
+        )?;
+        let invalidation =
+            Invalidation::new(&settings, stores.backend.clone(), Arc::clone(&negative), Arc::clone(&metrics));
+        let public_url =
+            settings.server.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());
+        metrics.store_max_bytes.set(settings.cache.max_bytes as f64);
+        Ok(Arc::new(Gateway {
+            inbound: Inbound::new(&settings, Arc::clone(&metrics)),
+            partitioner: Partitioner::new(secret),
+            broker,
+            policy: FreshnessPolicy::new(settings.cache.clone()),
+            invalidation,
+            negative,
+            budgets: Budgets::new(settings.limits.clone(), stores.backend.clone()),
+            lanes: Lanes::new(&settings.limits),
+            fills: Coalescer::default(),
+            upstream,
+            upstream_base: rewrite::base_of(&settings.upstream.url),
+            public_url,
+            responses: stores.responses,
+            metrics,
+            settings,
+        }))
+    }
+
+    /// Handles one proxied request, start to finish: the phases, in order.
+    pub async fn handle(self: Arc<Self>, request: http::Request<Body>, peer: SocketAddr) -> Response {
+        let (parts, body) = request.into_parts();
+        let mut ctx = RequestCtx::new(parts, peer);
+        let (response, outcome) = self.walk(&mut ctx, body).await;
+        self.finish(&ctx, response, outcome)
+    }
+
+    /// Phases 1–6; each may end the walk with an answer.
+    async fn walk(self: &Arc<Self>, ctx: &mut RequestCtx, body: Body) -> (Response, Outcome) {
+        let credential = match self.inbound.admit(&ctx.parts, ctx.peer, &self.partitioner) {
+            Admitted::Proceed(credential) => credential,
+            Admitted::Webhook => return (self.receive_webhook(ctx, body).await, Outcome::Bypass),
+            Admitted::Answered(response) => return (response, Outcome::Bypass),
+        };
+        if let Err(rejection) = self.identify(ctx, credential).await {
+            return (github::error_response(rejection.status, &rejection.message), Outcome::Bypass);
+        }
+        if !self.is_cacheable(&ctx.parts) {
+            return self.pass_through(ctx, body).await;
+        }
+        let key = ctx.cache_key();
+        let entry = match self.look_up(ctx, &key).await {
+            LookUp::Answered(response, outcome) => return (response, outcome),
+            LookUp::Miss(entry) => entry,
+        };
+        let negative = match &entry {
+            Some(_) => None,
+            None => self.negative_candidate_for_read(ctx, &key),
+        };
+        if let Some(answer) = self.short_circuit(ctx, negative.as_ref(), entry.as_ref()).await {
+            return answer;
+        }
+        self.fill(ctx, key, entry, negative).await
+    }
+
+    /// Phase 2, identify: who the request acts as. A broker client's key is swapped for its
+    /// app installation (the key itself never goes upstream); anything else keeps its
+    /// credential, whose partition the admit phase may have derived already.
+    async fn identify(&self, ctx: &mut RequestCtx, credential: Option<Partition>) -> Result<(), Rejection> {
+        let caller = match self.broker.identify(&ctx.parts.headers, ctx.path())? {
+            Identity::PassThrough => Caller {
+                partition: credential.unwrap_or_else(|| self.partitioner.partition(&ctx.parts.headers)),
+                auth: UpstreamAuth::Client,
+            },
+            Identity::App(request) => {
+                let auth = self.broker.resolve(&request).await?;
+                ctx.parts.headers.remove(http::header::AUTHORIZATION);
+                ctx.parts.headers.remove(crate::app_auth::INSTALLATION_HEADER);
+                Caller {
+                    partition: Partition::from_safe_id(auth.partition_id()),
+                    auth: UpstreamAuth::App(auth),
+                }
+            }
+        };
+        ctx.identified(caller);
+        Ok(())
+    }
+
+    /// `POST /_ghgate/webhook`: checked, answered 202 at once, applied afterwards.
+    async fn receive_webhook(self: &Arc<Self>, ctx: &RequestCtx, body: Body) -> Response {
+        let delivery =
+            match crate::webhook::receive(&self.settings.webhooks, &self.metrics, &ctx.parts.headers, body)
+                .await
+            {
+                Ok(delivery) => delivery,
+                Err(refusal) => return refusal,
+            };
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            for effect in delivery.effects() {
+                me.invalidation.apply_webhook(&delivery.event, effect, &me.broker).await;
+            }
+        });
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::ACCEPTED;
+        response
+    }
+
+    /// The metrics this gateway records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The admit phase's state (limiter, CORS).
+    pub fn inbound(&self) -> &Inbound {
+        &self.inbound
+    }
+
+    /// The rate-limit ledger.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// The negative cache.
+    pub fn negative(&self) -> &NegativeCache {
+        &self.negative
+    }
+
+    /// The GitHub App broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The response cache (hot tier and backend).
+    pub fn responses(&self) -> &ResponseCache {
+        &self.responses
+    }
+
+    /// Staleness marks, purges and webhook coverage.
+    pub fn invalidation(&self) -> &Invalidation {
+        &self.invalidation
+    }
+}
