@@ -9,6 +9,8 @@
 //!
 //! `cargo run --release --example bench_broker`
 
+// The examples use part of the fake.
+#[allow(dead_code)]
 #[path = "../tests/it/support/fake_github.rs"]
 mod fake_github;
 

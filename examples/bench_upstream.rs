@@ -7,6 +7,8 @@
 //! With `--stats-port`, `GET /` there answers `{"requests":…,"charged":…,"not_modified":…}`:
 //! what the proxies in front cost, counted where GitHub would count it.
 
+// The examples use part of the fake.
+#[allow(dead_code)]
 #[path = "../tests/it/support/fake_github.rs"]
 mod fake_github;
 

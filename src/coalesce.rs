@@ -83,11 +83,6 @@ where
     pub fn len(&self) -> usize {
         self.inflight.lock().expect("coalescer lock poisoned").len()
     }
-
-    /// Whether nothing is under way.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -118,7 +113,7 @@ mod tests {
             assert_eq!(j.await.unwrap(), 41);
         }
         assert_eq!((runs.load(Ordering::SeqCst), leaders), (1, 1));
-        assert!(c.is_empty());
+        assert_eq!(c.len(), 0);
     }
 
     #[tokio::test]
@@ -144,6 +139,6 @@ mod tests {
         let (b, _) = c.join("k".into(), || async { 0 }.boxed());
         assert!(a.await.is_err());
         assert!(b.await.is_err());
-        assert!(c.is_empty());
+        assert_eq!(c.len(), 0);
     }
 }

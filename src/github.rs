@@ -8,19 +8,19 @@ use axum::response::Response;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Where gateway-made errors point for more help.
-pub const DOCUMENTATION_URL: &str = "https://docs.github.com/rest";
+pub(crate) const DOCUMENTATION_URL: &str = "https://docs.github.com/rest";
 
 /// The media type GitHub answers with when a client asks for nothing in particular.
-pub const DEFAULT_MEDIA_TYPE: &str = "application/vnd.github+json";
+pub(crate) const DEFAULT_MEDIA_TYPE: &str = "application/vnd.github+json";
 
 /// The REST API version GitHub assumes when a client does not send `X-GitHub-Api-Version`.
-pub const DEFAULT_API_VERSION: &str = "2022-11-28";
+pub(crate) const DEFAULT_API_VERSION: &str = "2022-11-28";
 
 /// The header clients use to pick an API version; answers differ by version.
-pub const API_VERSION_HEADER: HeaderName = HeaderName::from_static("x-github-api-version");
+pub(crate) const API_VERSION_HEADER: HeaderName = HeaderName::from_static("x-github-api-version");
 
 /// Rate-limit headers, in the order GitHub sends them.
-pub const RATE_LIMIT_HEADERS: [HeaderName; 5] = [
+pub(crate) const RATE_LIMIT_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-ratelimit-limit"),
     HeaderName::from_static("x-ratelimit-remaining"),
     HeaderName::from_static("x-ratelimit-reset"),
@@ -30,7 +30,7 @@ pub const RATE_LIMIT_HEADERS: [HeaderName; 5] = [
 
 /// Builds an answer in GitHub's error shape, so clients' error handling keeps working when
 /// the gateway (not GitHub) is the one saying no.
-pub fn error_response(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "message": message, "documentation_url": DOCUMENTATION_URL });
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
@@ -95,7 +95,7 @@ impl RateLimit {
     }
 
     /// Whether this snapshot is for a window that has already reset.
-    pub fn is_expired(&self, now: SystemTime) -> bool {
+    pub(crate) fn is_expired(&self, now: SystemTime) -> bool {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
         self.reset != 0 && self.reset < now
     }
@@ -212,7 +212,7 @@ impl std::ops::Deref for RenderedRateLimit {
 
 /// What a 403 from GitHub says, as far as a proxy cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// "Bad credentials": the token itself was refused.
     BadCredentials,
     /// A rate limit (`retry-after`, `x-ratelimit-remaining: 0`, or "rate limit" in the text).
@@ -225,7 +225,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Reads a refusal from its headers and body.
-    pub fn of(headers: &HeaderMap, body: &[u8]) -> Refusal {
+    pub(crate) fn of(headers: &HeaderMap, body: &[u8]) -> Refusal {
         let text = String::from_utf8_lossy(body).to_ascii_lowercase();
         let rate_limited = headers.contains_key(http::header::RETRY_AFTER)
             || headers.get("x-ratelimit-remaining").is_some_and(|v| v == "0");

@@ -13,7 +13,7 @@ use sha2::Sha256;
 
 /// The partition of every request without credentials. It is a shared cache: answers marked
 /// `private` are never stored in it.
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 /// A credential partition: `anonymous`, or `c-` followed by 32 hex digits of
 /// HMAC-SHA256(secret, credential).
@@ -22,7 +22,7 @@ pub struct Partition(String);
 
 impl Partition {
     /// The shared partition of requests without credentials.
-    pub fn anonymous() -> Self {
+    pub(crate) fn anonymous() -> Self {
         Partition(ANONYMOUS.to_string())
     }
 
@@ -33,7 +33,7 @@ impl Partition {
     }
 
     /// Whether this is the shared anonymous partition.
-    pub fn is_anonymous(&self) -> bool {
+    pub(crate) fn is_anonymous(&self) -> bool {
         self.0 == ANONYMOUS
     }
 
@@ -113,7 +113,7 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 
 /// Returns the configured secret, or the one kept in `data_dir/secret`, creating it (32
 /// random bytes, hex, mode 0600) on first start so partitions stay stable across restarts.
-pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> std::io::Result<Vec<u8>> {
     if let Some(secret) = configured {
         return Ok(secret.as_bytes().to_vec());
     }

@@ -69,7 +69,7 @@ pub fn client_address(
 }
 
 /// The admit phase's verdict on a request.
-pub enum Admitted {
+pub(crate) enum Admitted {
     /// Go on; the credential's partition when the limiter already derived it (identify
     /// reuses it).
     Proceed(Option<Partition>),
@@ -82,7 +82,7 @@ pub enum Admitted {
 
 /// Everything between a client and the request path: request hygiene, the body cap, CORS and
 /// the limiter.
-pub struct Inbound {
+pub(crate) struct Inbound {
     limiter: InboundLimiter,
     cors: Cors,
     trusted_proxies: Vec<IpNet>,
@@ -107,7 +107,7 @@ impl Inbound {
     /// Phase 1, admit: the webhook route; requests a proxy must not forward (400); bodies
     /// declared over `server.max_body_bytes` (413); CORS preflights; the limiter (429). Every
     /// refusal is counted and logged.
-    pub fn admit(&self, parts: &Parts, peer: SocketAddr, partitioner: &Partitioner) -> Admitted {
+    pub(crate) fn admit(&self, parts: &Parts, peer: SocketAddr, partitioner: &Partitioner) -> Admitted {
         if parts.uri.path() == crate::webhook::PATH && parts.method == Method::POST {
             return Admitted::Webhook;
         }
@@ -150,18 +150,18 @@ impl Inbound {
     }
 
     /// Adds the CORS headers to any answer (see [`Cors::apply`]).
-    pub fn apply_cors(&self, request: &HeaderMap, response: &mut HeaderMap) {
+    pub(crate) fn apply_cors(&self, request: &HeaderMap, response: &mut HeaderMap) {
         self.cors.apply(request, response);
     }
 
     /// Forgets idle limiter keys, so the key map stays bounded (called by the upkeep task).
-    pub fn retain_recent(&self) {
+    pub(crate) fn retain_recent(&self) {
         self.limiter.retain_recent();
     }
 }
 
 /// Refuses requests a proxy must not forward.
-pub fn check_request(parts: &Parts) -> Result<(), String> {
+pub(crate) fn check_request(parts: &Parts) -> Result<(), String> {
     if parts.method == Method::CONNECT {
         return Err("CONNECT is not supported: ghgate is a reverse proxy for the GitHub API".into());
     }
@@ -203,7 +203,7 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Refuses dot segments (also percent-encoded): appended to an enterprise base such as
 /// `/api/v3`, `..` would climb out of it.
-pub fn check_path(path: &str) -> Result<(), String> {
+pub(crate) fn check_path(path: &str) -> Result<(), String> {
     for segment in path.split('/') {
         if is_dot_segment(segment) {
             return Err("dot segments ('.' or '..') are not allowed in request paths".into());
@@ -216,12 +216,12 @@ pub fn check_path(path: &str) -> Result<(), String> {
 }
 
 /// The length a request or answer declares, when it declares one.
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The 413 for a request body over `server.max_body_bytes`.
-pub fn body_too_large(max: u64) -> Response {
+pub(crate) fn body_too_large(max: u64) -> Response {
     github::error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("ghgate: request body larger than server.max_body_bytes ({max} bytes)"),
@@ -229,7 +229,7 @@ pub fn body_too_large(max: u64) -> Response {
 }
 
 /// The inbound limiter (GCRA, keyed).
-pub struct InboundLimiter {
+pub(crate) struct InboundLimiter {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     clock: DefaultClock,
 }
@@ -246,18 +246,18 @@ impl InboundLimiter {
     }
 
     /// Whether the limiter is on (callers skip building keys when it is not).
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.limiter.is_some()
     }
 
     /// `Err(wait)` when `key` is over its rate.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
+    pub(crate) fn check(&self, key: &str) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
         limiter.check_key(&key.to_string()).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Forgets idle keys, so the key map stays bounded.
-    pub fn retain_recent(&self) {
+    pub(crate) fn retain_recent(&self) {
         if let Some(limiter) = &self.limiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -266,7 +266,7 @@ impl InboundLimiter {
 }
 
 /// CORS for browser clients.
-pub struct Cors {
+pub(crate) struct Cors {
     origins: Vec<String>,
     any: bool,
 }
@@ -291,14 +291,14 @@ impl Cors {
     }
 
     /// Whether a request is a CORS preflight from an allowed origin.
-    pub fn is_preflight(&self, method: &Method, headers: &HeaderMap) -> bool {
+    pub(crate) fn is_preflight(&self, method: &Method, headers: &HeaderMap) -> bool {
         method == Method::OPTIONS
             && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
             && self.allowed(headers).is_some()
     }
 
     /// The answer to a preflight: every method, the requested headers, cached for 10 minutes.
-    pub fn preflight(&self, request: &HeaderMap) -> axum::response::Response {
+    pub(crate) fn preflight(&self, request: &HeaderMap) -> axum::response::Response {
         let mut response = axum::response::Response::new(axum::body::Body::empty());
         *response.status_mut() = http::StatusCode::NO_CONTENT;
         let h = response.headers_mut();
@@ -314,7 +314,7 @@ impl Cors {
     }
 
     /// Adds the CORS headers to any answer (errors and 429s included) for an allowed origin.
-    pub fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
+    pub(crate) fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
         let Some(origin) = self.allowed(request) else { return };
         response.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         response.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));

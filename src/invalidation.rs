@@ -9,22 +9,28 @@
 //! Repositories that sent a webhook recently are *covered*: any change would have marked them,
 //! so their entries may stay fresh for `webhooks.covered_freshness`.
 //!
-//! Not: deciding freshness from headers (in `cache`), or checking webhook signatures (in
-//! `webhook`).
+//! Webhook deliveries arrive here (`receive_webhook`: configured, size, signature) and their
+//! effects are applied here (`apply_webhook`). Not: deciding freshness from headers (in
+//! `cache`), or what a delivery's payload means (in `webhook`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+use tracing::warn;
 
 use crate::app_auth::Broker;
 use crate::cache::CachedResponse;
-use crate::config::Settings;
+use crate::config::{Settings, WebhookSettings};
+use crate::github;
+use crate::inbound::declared_length;
 use crate::negative::{self, NegativeCache};
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::webhook::{self, Effect};
+use crate::webhook::{self, Delivery, Effect};
 
 /// How long staleness marks are kept in a shared store (entries kept fresh longer than this by
 /// `webhooks.covered_freshness` could outlive their mark on other replicas).
@@ -40,6 +46,8 @@ pub struct Invalidation {
     /// would invalidate, so their entries may stay fresh longer.
     covered: moka::sync::Cache<String, SystemTime>,
     covered_freshness: Duration,
+    /// The webhook receiver's secrets and size cap.
+    webhooks: WebhookSettings,
     /// The store other replicas share, when there is one: marks go there too.
     shared: Option<Arc<dyn Store>>,
     /// The upstream base, to recognise a write's `Location` as one of its paths.
@@ -67,6 +75,7 @@ impl Invalidation {
                 .time_to_live(settings.webhooks.coverage_window.max(Duration::from_secs(1)))
                 .build(),
             covered_freshness: settings.webhooks.covered_freshness,
+            webhooks: settings.webhooks.clone(),
             shared: backend.filter(|b| b.is_shared()),
             upstream_base: crate::rewrite::base_of(&settings.upstream.url),
             negative,
@@ -144,6 +153,47 @@ impl Invalidation {
             }
             _ => {}
         }
+    }
+
+    /// `POST /_ghgate/webhook`: checks that the receiver is configured, the size and the
+    /// signature; a refusal is GitHub-shaped, counted and (for a bad signature) logged.
+    pub async fn receive_webhook(&self, headers: &HeaderMap, body: Body) -> Result<Delivery, Response> {
+        let settings = &self.webhooks;
+        let metrics = &self.metrics;
+        if settings.secrets.is_empty() {
+            return Err(github::error_response(
+                StatusCode::NOT_FOUND,
+                "ghgate: the webhook receiver is not configured (webhooks.secrets)",
+            ));
+        }
+        let cap = settings.max_body_bytes;
+        let too_large = || {
+            metrics.webhook("too_large").increment(1);
+            github::error_response(StatusCode::PAYLOAD_TOO_LARGE, "ghgate: webhook delivery too large")
+        };
+        if declared_length(headers).is_some_and(|len| len > cap) {
+            return Err(too_large());
+        }
+        let Ok(payload) = axum::body::to_bytes(body, cap as usize).await else { return Err(too_large()) };
+        if !webhook::verify(&settings.secrets, &payload, headers.get("x-hub-signature-256")) {
+            metrics.webhook("bad_signature").increment(1);
+            warn!("refused a webhook delivery with a missing or bad signature");
+            return Err(github::error_response(
+                StatusCode::UNAUTHORIZED,
+                "ghgate: missing or bad X-Hub-Signature-256",
+            ));
+        }
+        metrics.webhook("accepted").increment(1);
+        // The event name is shown on the status page: keep it short and plain.
+        let event: String = headers
+            .get("x-github-event")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        Ok(Delivery { event, payload })
     }
 
     /// Applies one effect of a webhook delivery of `event`: a repository's or owner's entries

@@ -23,15 +23,15 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// The built-in rule for GitHub's statuses limit.
-pub const STATUSES_LIMIT: &str = "statuses_limit";
+pub(crate) const STATUSES_LIMIT: &str = "statuses_limit";
 /// The built-in rule for GET answers 404 and 410.
-pub const NOT_FOUND: &str = "not_found";
+pub(crate) const NOT_FOUND: &str = "not_found";
 /// The built-in rule for "this GitHub App is not installed on this owner or repository".
-pub const APP_NOT_INSTALLED: &str = "app_not_installed";
+pub(crate) const APP_NOT_INSTALLED: &str = "app_not_installed";
 
 /// The settings problems only this module can see: operator rules that do not compile. Called
 /// by [`crate::server::check_settings`] (so by `check-config` and at start-up).
-pub fn check_settings(settings: &NegativeSettings) -> Vec<ConfigError> {
+pub(crate) fn check_settings(settings: &NegativeSettings) -> Vec<ConfigError> {
     settings
         .rules
         .iter()
@@ -65,7 +65,7 @@ enum Kind {
 
 /// One rule.
 #[derive(Debug, Clone)]
-pub struct Rule {
+pub(crate) struct Rule {
     /// Its name (metrics, clearing).
     pub name: String,
     kind: Kind,
@@ -80,7 +80,7 @@ pub struct Rule {
 
 impl Rule {
     /// Builds and checks an operator rule; the error says what is wrong.
-    pub fn from_settings(s: &NegativeRuleSettings) -> Result<Rule, String> {
+    pub(crate) fn from_settings(s: &NegativeRuleSettings) -> Result<Rule, String> {
         if s.name.is_empty()
             || !s.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         {
@@ -430,7 +430,7 @@ impl NegativeCache {
 
     /// The entry for "app `app` is not installed on `asked`" (`repo:o/r` or `owner:o`);
     /// `None` when remembering it is switched off.
-    pub fn not_installed_key(&self, app: &str, asked: &str) -> Option<String> {
+    pub(crate) fn not_installed_key(&self, app: &str, asked: &str) -> Option<String> {
         if self.not_installed_ttl.is_zero() {
             return None;
         }
@@ -446,7 +446,7 @@ impl NegativeCache {
     }
 
     /// Whether "not installed" is remembered under `key` (counting a hit).
-    pub async fn is_not_installed(&self, key: &str, count_hit: bool) -> bool {
+    pub(crate) async fn is_not_installed(&self, key: &str, count_hit: bool) -> bool {
         let live = matches!(self.store.get_live(key).await, Ok(Some(_)));
         if live && count_hit {
             if let Some(m) = self.metrics.get(APP_NOT_INSTALLED) {
@@ -469,7 +469,7 @@ impl NegativeCache {
     }
 
     /// Remembers "not installed" under `key` for the configured time.
-    pub async fn remember_not_installed(&self, key: &str) {
+    pub(crate) async fn remember_not_installed(&self, key: &str) {
         let ttl = self.not_installed_ttl;
         if ttl.is_zero() {
             return;
@@ -483,7 +483,7 @@ impl NegativeCache {
 
     /// Removes remembered answers by rule, owner and/or repository (all when none is given);
     /// returns how many were removed.
-    pub async fn clear(
+    pub(crate) async fn clear(
         &self,
         rule: Option<&str>,
         owner: Option<&str>,

@@ -60,7 +60,7 @@ impl PathPattern {
     }
 
     /// Matches `path` (no query) and returns the captured parameters, in pattern order.
-    pub fn matches<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+    pub(crate) fn matches<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
         let body = path.strip_prefix('/')?;
         let body = body.strip_suffix('/').unwrap_or(body);
         // An empty path has no segments (not one empty segment).
@@ -82,7 +82,7 @@ impl PathPattern {
     }
 
     /// The pattern as written.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.source
     }
 }

@@ -14,7 +14,7 @@ use url::Url;
 
 /// The upstream base URL as it appears at the start of the URLs GitHub sends
 /// (`https://api.github.com`, or `https://ghe.example.com/api/v3`), without a trailing slash.
-pub fn base_of(url: &Url) -> String {
+pub(crate) fn base_of(url: &Url) -> String {
     url.as_str().trim_end_matches('/').to_string()
 }
 
@@ -23,7 +23,7 @@ pub fn base_of(url: &Url) -> String {
 /// The configured public URL wins. Otherwise `Forwarded` / `X-Forwarded-Host` /
 /// `X-Forwarded-Proto` are believed only from a trusted proxy, then `Host` (or the HTTP/2
 /// authority) is used with plain `http`. `None` when nothing usable was sent.
-pub fn public_base(
+pub(crate) fn public_base(
     configured: Option<&str>,
     headers: &HeaderMap,
     uri: &Uri,
@@ -122,7 +122,7 @@ pub fn rewrite_headers(headers: &mut HeaderMap, upstream_base: &str, public_base
 
 /// Replaces every occurrence of `from` that begins a URL (followed by `/`, `?` or the URL's
 /// end) with `to`. `None` when nothing changed.
-pub fn rewrite_urls(text: &str, from: &str, to: &str) -> Option<String> {
+pub(crate) fn rewrite_urls(text: &str, from: &str, to: &str) -> Option<String> {
     if from.is_empty() || !text.contains(from) {
         return None;
     }

@@ -28,94 +28,94 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     /// `ghgate_requests_total{outcome}`
-    pub requests: PerOutcome<Counter>,
+    pub(crate) requests: PerOutcome<Counter>,
     outcome_totals: PerOutcome<AtomicU64>,
     /// Readable twins of `units_spent` / `units_saved` (Prometheus handles cannot be read).
     spent_total: AtomicU64,
     saved_total: AtomicU64,
     /// `ghgate_request_duration_seconds{outcome}`
-    pub request_duration: PerOutcome<Histogram>,
+    pub(crate) request_duration: PerOutcome<Histogram>,
     upstream_requests: [Counter; 6],
     /// `ghgate_upstream_duration_seconds`
-    pub upstream_duration: Histogram,
+    pub(crate) upstream_duration: Histogram,
     /// `ghgate_ratelimit_units_spent_total`: upstream answers other than 304.
-    pub units_spent: Counter,
+    pub(crate) units_spent: Counter,
     /// `ghgate_ratelimit_units_saved_total`: answers that did not cost a unit.
-    pub units_saved: Counter,
+    pub(crate) units_saved: Counter,
     /// `ghgate_cache_stores_total`: entries written.
-    pub cache_stores: Counter,
+    pub(crate) cache_stores: Counter,
     /// `ghgate_cache_invalidations_total`: paths marked stale by unsafe requests.
-    pub invalidations: Counter,
+    pub(crate) invalidations: Counter,
     /// `ghgate_store_errors_total`
-    pub store_errors: Counter,
+    pub(crate) store_errors: Counter,
     /// `ghgate_store_corrupt_entries_total`
-    pub store_corrupt: Counter,
+    pub(crate) store_corrupt: Counter,
     /// `ghgate_store_degraded`: 1 while the backend is failing.
-    pub store_degraded: Gauge,
+    pub(crate) store_degraded: Gauge,
     /// `ghgate_store_hot_bytes`
-    pub store_hot_bytes: Gauge,
+    pub(crate) store_hot_bytes: Gauge,
     /// `ghgate_store_lock_waits_total`: requests that waited for another replica's work.
-    pub lock_waits: Counter,
+    pub(crate) lock_waits: Counter,
     /// `ghgate_store_lock_timeouts_total`: waits that gave up and went upstream alone.
-    pub lock_timeouts: Counter,
+    pub(crate) lock_timeouts: Counter,
     /// `ghgate_bad_requests_total`: requests refused before reaching the pipeline.
-    pub bad_requests: Counter,
+    pub(crate) bad_requests: Counter,
     /// `ghgate_store_bytes`
-    pub store_bytes: Gauge,
+    pub(crate) store_bytes: Gauge,
     /// `ghgate_store_entries`
-    pub store_entries: Gauge,
+    pub(crate) store_entries: Gauge,
     /// `ghgate_store_max_bytes`
-    pub store_max_bytes: Gauge,
+    pub(crate) store_max_bytes: Gauge,
     /// `ghgate_inflight_fills`
-    pub inflight_fills: Gauge,
+    pub(crate) inflight_fills: Gauge,
     /// `ghgate_runtime_alive_tasks`: tasks alive in the runtimes (a leak shows as growth).
-    pub alive_tasks: Gauge,
+    pub(crate) alive_tasks: Gauge,
     /// The proxy workers' runtimes, whose tasks `alive_tasks` counts too.
     runtimes: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
     /// `ghgate_proxy_workers`: threads serving proxy connections (`server.workers`).
-    pub proxy_workers: Gauge,
+    pub(crate) proxy_workers: Gauge,
     /// `ghgate_ratelimit_reserve_stale_total`: reads answered stale to save a low budget.
-    pub reserve_stale: Counter,
+    pub(crate) reserve_stale: Counter,
     /// `ghgate_ratelimit_local_answers_total`: requests answered locally because the identity's
     /// budget was exhausted or it was held back after a secondary limit.
-    pub local_limit_answers: Counter,
+    pub(crate) local_limit_answers: Counter,
     /// `ghgate_ratelimit_blocked_identities`: identities held back after a secondary limit.
-    pub blocked_identities: Gauge,
+    pub(crate) blocked_identities: Gauge,
     /// `ghgate_inbound_limited_total`: requests refused by the inbound limiter.
-    pub inbound_limited: Counter,
+    pub(crate) inbound_limited: Counter,
     /// `ghgate_upstream_queue_overflows_total`: requests refused because their identity's queue was full.
-    pub queue_overflows: Counter,
+    pub(crate) queue_overflows: Counter,
     /// `ghgate_negative_canaries_total`: all rules' canaries together, for one alert.
-    pub negative_canaries: Counter,
+    pub(crate) negative_canaries: Counter,
     /// The GitHub App broker's metrics.
-    pub app: AppMetrics,
+    pub(crate) app: AppMetrics,
     /// Per-minute history and recent events, for the status page.
-    pub activity: crate::activity::Activity,
+    pub(crate) activity: crate::activity::Activity,
 }
 
 /// Metrics of the GitHub App broker.
-pub struct AppMetrics {
+pub(crate) struct AppMetrics {
     /// `ghgate_app_tokens_minted_total`
-    pub tokens_minted: Counter,
+    pub(crate) tokens_minted: Counter,
     /// `ghgate_app_token_cache_hits_total`
-    pub token_hits: Counter,
+    pub(crate) token_hits: Counter,
     /// `ghgate_app_mint_failures_total`
-    pub mint_failures: Counter,
+    pub(crate) mint_failures: Counter,
     /// `ghgate_app_mint_duration_seconds`
-    pub mint_duration: Histogram,
+    pub(crate) mint_duration: Histogram,
     /// `ghgate_app_installation_lookups_total{result="hit"}`
-    pub lookup_hits: Counter,
+    pub(crate) lookup_hits: Counter,
     /// `ghgate_app_installation_lookups_total{result="miss"}`
-    pub lookup_misses: Counter,
+    pub(crate) lookup_misses: Counter,
     /// `ghgate_app_installation_lookups_total{result="not_installed"}`
-    pub not_installed: Counter,
+    pub(crate) not_installed: Counter,
     /// `ghgate_app_stale_token_retries_total`: requests retried with a re-minted token.
-    pub stale_token_retries: Counter,
+    pub(crate) stale_token_retries: Counter,
     /// `ghgate_app_settle_retries_total`: tries repeated while a new token replicated.
-    pub settle_retries: Counter,
+    pub(crate) settle_retries: Counter,
     /// `ghgate_app_rotation_refreshes_total`: revalidations that cost a full answer because the
     /// entry was fetched with an earlier token.
-    pub rotation_refreshes: Counter,
+    pub(crate) rotation_refreshes: Counter,
 }
 
 impl Metrics {
@@ -308,7 +308,7 @@ impl Metrics {
 
     /// `ghgate_ratelimit_identities{resource, state}`: identities per budget state. Resources
     /// are GitHub's few (`core`, `search`, ...), states three, so the series stay bounded.
-    pub fn identities_gauge(&self, resource: &str, state: &'static str) -> Gauge {
+    pub(crate) fn identities_gauge(&self, resource: &str, state: &'static str) -> Gauge {
         let resource =
             if resource.len() <= 32 && resource.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 resource.to_string()
@@ -326,18 +326,18 @@ impl Metrics {
 
     /// `ghgate_webhooks_total{result}`: deliveries by result (`accepted`, `bad_signature`,
     /// `too_large`).
-    pub fn webhook(&self, result: &'static str) -> Counter {
+    pub(crate) fn webhook(&self, result: &'static str) -> Counter {
         self.labelled_counter("ghgate_webhooks_total", "result", result)
     }
 
     /// Registers a counter with one label (for sets known at start-up, such as rule names).
-    pub fn labelled_counter(&self, name: &'static str, label: &'static str, value: &str) -> Counter {
+    pub(crate) fn labelled_counter(&self, name: &'static str, label: &'static str, value: &str) -> Counter {
         self.recorder
             .register_counter(&Key::from_parts(name, vec![Label::new(label, value.to_string())]), &METADATA)
     }
 
     /// Counts one upstream answer (or failure, `None`).
-    pub fn upstream_answer(&self, status: Option<http::StatusCode>, took: Duration) {
+    pub(crate) fn upstream_answer(&self, status: Option<http::StatusCode>, took: Duration) {
         let class = match status.map(|s| s.as_u16() / 100) {
             Some(1) => 0,
             Some(2) => 1,
@@ -365,7 +365,7 @@ impl Metrics {
 
     /// The running totals the status page charts: units spent and saved, answers, and answers
     /// that needed no paid upstream request.
-    pub fn totals(&self) -> crate::activity::Totals {
+    pub(crate) fn totals(&self) -> crate::activity::Totals {
         let (mut answers, mut local) = (0, 0);
         for outcome in Outcome::ALL {
             let n = self.outcome_totals.get(outcome).load(Relaxed);
@@ -383,12 +383,12 @@ impl Metrics {
     }
 
     /// Answers so far per outcome (for the admin API's statistics).
-    pub fn outcome_counts(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn outcome_counts(&self) -> Vec<(&'static str, u64)> {
         Outcome::ALL.iter().map(|o| (o.as_str(), self.outcome_totals.get(*o).load(Relaxed))).collect()
     }
 
     /// Counts one answered request.
-    pub fn answered(&self, outcome: Outcome, took: Duration) {
+    pub(crate) fn answered(&self, outcome: Outcome, took: Duration) {
         self.outcome_totals.get(outcome).fetch_add(1, Relaxed);
         self.requests.get(outcome).increment(1);
         self.request_duration.get(outcome).record(took.as_secs_f64());
@@ -401,17 +401,17 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.handle.render()
     }
 
     /// Counts the tasks of the proxy workers' runtimes too (see [`Metrics::count_alive_tasks`]).
-    pub fn watch_runtime(&self, runtime: tokio::runtime::Handle) {
+    pub(crate) fn watch_runtime(&self, runtime: tokio::runtime::Handle) {
         self.runtimes.lock().expect("runtime list poisoned").push(runtime);
     }
 
     /// Sets `ghgate_runtime_alive_tasks`: the current runtime's tasks plus every watched one's.
-    pub fn count_alive_tasks(&self) {
+    pub(crate) fn count_alive_tasks(&self) {
         let mut alive = tokio::runtime::Handle::try_current().map_or(0, |r| r.metrics().num_alive_tasks());
         for runtime in self.runtimes.lock().expect("runtime list poisoned").iter() {
             alive += runtime.metrics().num_alive_tasks();
@@ -421,7 +421,7 @@ impl Metrics {
 
     /// `ghgate_proxy_connections_total{worker}`: connections handed to one proxy worker (an
     /// uneven spread shows here).
-    pub fn worker_connections(&self, worker: usize) -> Counter {
+    pub(crate) fn worker_connections(&self, worker: usize) -> Counter {
         self.recorder.register_counter(
             &Key::from_parts(
                 "ghgate_proxy_connections_total",
@@ -432,7 +432,7 @@ impl Metrics {
     }
 
     /// Drains histogram buffers; call every few seconds.
-    pub fn run_upkeep(&self) {
+    pub(crate) fn run_upkeep(&self) {
         self.handle.run_upkeep();
         self.count_alive_tasks();
         self.activity.sample(std::time::SystemTime::now(), self.totals());

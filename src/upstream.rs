@@ -129,11 +129,6 @@ impl Upstream {
         })
     }
 
-    /// The configured base URL.
-    pub fn base(&self) -> &Url {
-        &self.base
-    }
-
     /// The upstream URL of a request path and query: appended to the base, so a base of
     /// `https://ghe/api/v3` keeps its prefix. The path must already be checked (see
     /// [`crate::inbound::check_path`]).

@@ -6,18 +6,29 @@
 //! repository or owner are marked stale, and installation changes drop the broker's tokens and
 //! look-ups for them.
 
-use axum::response::Response;
 use hmac::{Hmac, KeyInit, Mac};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::HeaderValue;
 use sha2::Sha256;
-use tracing::warn;
-
-use crate::config::WebhookSettings;
-use crate::github;
-use crate::telemetry::Metrics;
 
 /// Where GitHub delivers webhooks, on the proxy listener.
 pub const PATH: &str = "/_ghgate/webhook";
+
+/// A delivery that passed the checks: its event name (short and plain, shown on the status
+/// page) and its payload, read for its effects after the sender has had its 202.
+pub struct Delivery {
+    /// `X-GitHub-Event`, reduced to letters, digits and `_`.
+    pub event: String,
+    /// The payload as delivered.
+    pub payload: bytes::Bytes,
+}
+
+impl Delivery {
+    /// What the delivery changes (nothing, when the payload is not JSON).
+    pub fn effects(&self) -> Vec<Effect> {
+        let payload: serde_json::Value = serde_json::from_slice(&self.payload).unwrap_or_default();
+        effects(&self.event, &payload)
+    }
+}
 
 /// What a delivery changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,65 +49,6 @@ pub enum Effect {
         /// Its account login, lower-case, when the payload names it.
         account: Option<String>,
     },
-}
-
-/// A delivery that passed the checks: its event name (short and plain, shown on the status
-/// page) and its payload, read for its effects after the sender has had its 202.
-pub struct Delivery {
-    /// `X-GitHub-Event`, reduced to letters, digits and `_`.
-    pub event: String,
-    payload: bytes::Bytes,
-}
-
-impl Delivery {
-    /// What the delivery changes (nothing, when the payload is not JSON).
-    pub fn effects(&self) -> Vec<Effect> {
-        let payload: serde_json::Value = serde_json::from_slice(&self.payload).unwrap_or_default();
-        effects(&self.event, &payload)
-    }
-}
-
-/// `POST /_ghgate/webhook`: checks that the receiver is configured, the size and the
-/// signature; a refusal is GitHub-shaped, counted and (for a bad signature) logged.
-pub async fn receive(
-    settings: &WebhookSettings,
-    metrics: &Metrics,
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> Result<Delivery, Response> {
-    if settings.secrets.is_empty() {
-        return Err(github::error_response(
-            StatusCode::NOT_FOUND,
-            "ghgate: the webhook receiver is not configured (webhooks.secrets)",
-        ));
-    }
-    let cap = settings.max_body_bytes;
-    let too_large = || {
-        metrics.webhook("too_large").increment(1);
-        github::error_response(StatusCode::PAYLOAD_TOO_LARGE, "ghgate: webhook delivery too large")
-    };
-    if crate::inbound::declared_length(headers).is_some_and(|len| len > cap) {
-        return Err(too_large());
-    }
-    let Ok(bytes) = axum::body::to_bytes(body, cap as usize).await else { return Err(too_large()) };
-    if !verify(&settings.secrets, &bytes, headers.get("x-hub-signature-256")) {
-        metrics.webhook("bad_signature").increment(1);
-        warn!("refused a webhook delivery with a missing or bad signature");
-        return Err(github::error_response(
-            StatusCode::UNAUTHORIZED,
-            "ghgate: missing or bad X-Hub-Signature-256",
-        ));
-    }
-    metrics.webhook("accepted").increment(1);
-    let event: String = headers
-        .get("x-github-event")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(64)
-        .collect();
-    Ok(Delivery { event, payload: bytes })
 }
 
 /// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under one of `secrets`.

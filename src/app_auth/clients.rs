@@ -85,8 +85,6 @@ pub enum Identity {
 pub struct AppRequest {
     /// The app it uses.
     pub app: Arc<GitHubApp>,
-    /// The client's configured name (for logs).
-    pub client: String,
     /// The installation it addresses.
     pub target: Target,
     /// Down-scoped permissions, if the client has them.
@@ -131,11 +129,6 @@ impl ClientKeys {
             });
         }
         Ok(ClientKeys { clients, allow_pass_through })
-    }
-
-    /// Whether any client is configured.
-    pub(super) fn is_empty(&self) -> bool {
-        self.clients.is_empty()
     }
 
     /// A client key makes the request an app request; anything else passes through with its
@@ -190,7 +183,6 @@ impl ClientKeys {
         }
         Ok(Identity::App(AppRequest {
             app: Arc::clone(&client.app),
-            client: client.name.clone(),
             target,
             permissions: client.permissions.clone(),
         }))

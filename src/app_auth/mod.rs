@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tracing::info;
 
-pub use clients::{
-    AppRequest, CLIENT_KEY_PREFIX, INSTALLATION_HEADER, Identity, Permissions, Target, generate_client_key,
-};
+pub use clients::{AppRequest, INSTALLATION_HEADER, Identity, Permissions, Target, generate_client_key};
 pub use jwt::AppSigner;
 pub use retry::{Next, TokenRetry, validators_for_token};
 pub use tokens::InstallationToken;
@@ -158,11 +156,6 @@ impl Broker {
     /// through with its own credential (unless pass-through is switched off).
     pub fn identify(&self, headers: &HeaderMap, path: &str) -> Result<Identity, Rejection> {
         self.clients.identify(headers, path)
-    }
-
-    /// Whether any client is configured (when none, no request can be an app request).
-    pub fn has_clients(&self) -> bool {
-        !self.clients.is_empty()
     }
 
     /// Finds the installation a request addresses: cached per owner, coalesced per look-up,

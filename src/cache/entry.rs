@@ -35,7 +35,7 @@ pub struct CachedResponse {
 
 impl CachedResponse {
     /// When it stops being fresh.
-    pub fn fresh_until(&self) -> SystemTime {
+    pub(crate) fn fresh_until(&self) -> SystemTime {
         self.response_time + self.freshness.fresh_for
     }
 
@@ -45,43 +45,43 @@ impl CachedResponse {
     }
 
     /// Stale but inside `stale-while-revalidate`: serve it and revalidate in the background.
-    pub fn within_stale_while_revalidate(&self, now: SystemTime) -> bool {
+    pub(crate) fn within_stale_while_revalidate(&self, now: SystemTime) -> bool {
         now < self.fresh_until() + self.freshness.stale_while_revalidate
     }
 
     /// Stale but inside `stale-if-error`: serve it when upstream fails.
-    pub fn within_stale_if_error(&self, now: SystemTime) -> bool {
+    pub(crate) fn within_stale_if_error(&self, now: SystemTime) -> bool {
         now < self.fresh_until() + self.freshness.stale_if_error
     }
 
     /// When the store may forget it: the longest of the stale windows and the retention for
     /// revalidation.
-    pub fn expires_at(&self) -> SystemTime {
+    pub(crate) fn expires_at(&self) -> SystemTime {
         self.fresh_until() + self.freshness.keep_stale_for
     }
 
     /// How long from `now` the store should keep it.
-    pub fn time_to_keep(&self, now: SystemTime) -> Duration {
+    pub(crate) fn time_to_keep(&self, now: SystemTime) -> Duration {
         self.expires_at().duration_since(now).unwrap_or(Duration::ZERO)
     }
 
     /// The `Age` to send with it at `now`.
-    pub fn age(&self, now: SystemTime) -> Duration {
+    pub(crate) fn age(&self, now: SystemTime) -> Duration {
         self.initial_age + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)
     }
 
     /// The `Age` header of an answer served from this entry now.
-    pub fn age_header(&self, now: SystemTime) -> HeaderValue {
+    pub(crate) fn age_header(&self, now: SystemTime) -> HeaderValue {
         age_header(self.age(now).as_secs())
     }
 
     /// The strong or weak entity tag, if upstream sent one.
-    pub fn etag(&self) -> Option<&HeaderValue> {
+    pub(crate) fn etag(&self) -> Option<&HeaderValue> {
         self.headers.get(http::header::ETAG)
     }
 
     /// `Last-Modified`, if upstream sent it.
-    pub fn last_modified(&self) -> Option<&HeaderValue> {
+    pub(crate) fn last_modified(&self) -> Option<&HeaderValue> {
         self.headers.get(http::header::LAST_MODIFIED)
     }
 
@@ -94,7 +94,7 @@ impl CachedResponse {
     /// share of the header map and its own allocations (~160 bytes), and the struct, `Arc`
     /// and store bookkeeping (~800 bytes). Calibrated against RSS growth with 10,000 and
     /// 20,000 GitHub-shaped entries (`bench/hit_path.sh`).
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 160).sum();
         let vary: usize =
             self.vary.iter().map(|(k, v)| k.as_str().len() + v.as_ref().map_or(0, |v| v.len()) + 64).sum();
@@ -120,14 +120,14 @@ impl CachedResponse {
 }
 
 /// Weak comparison of entity tags (RFC 9110 §8.8.3.2): `W/"x"` equals `"x"`.
-pub fn weak_eq(a: &str, b: &str) -> bool {
+pub(crate) fn weak_eq(a: &str, b: &str) -> bool {
     a.trim_start_matches("W/") == b.trim_start_matches("W/")
 }
 
 /// An `Age` value. Ages up to an hour (nearly every hit: GitHub's answers are fresh for 60 s)
 /// come from a table rendered once, whose values are static: copying one onto an answer
 /// neither allocates nor touches a shared reference count.
-pub fn age_header(secs: u64) -> HeaderValue {
+pub(crate) fn age_header(secs: u64) -> HeaderValue {
     const RENDERED: u64 = 3600;
     static AGES: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
         (0..=RENDERED).map(|s| HeaderValue::from_static(Box::leak(s.to_string().into_boxed_str()))).collect()

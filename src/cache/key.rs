@@ -44,7 +44,7 @@ impl CacheKey {
 
 /// The invalidation key of a path: no query, lowercase (GitHub owners and repositories are
 /// case-insensitive, so invalidating more is the safe side).
-pub fn path_key(path_and_query: &str) -> String {
+pub(crate) fn path_key(path_and_query: &str) -> String {
     let path = path_and_query.split('?').next().unwrap_or("");
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     path.to_ascii_lowercase()

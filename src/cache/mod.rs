@@ -2,17 +2,17 @@
 //! entry may be served. Storage lives in [`crate::store`]; the request path that uses these
 //! rules lives in [`crate::pipeline`].
 
-pub mod entry;
+pub(crate) mod entry;
 pub mod key;
-pub mod policy;
+pub(crate) mod policy;
 
 pub use entry::CachedResponse;
 pub use key::CacheKey;
-pub use policy::{Freshness, FreshnessPolicy};
+pub use policy::Freshness;
 
 /// How an answer came about; sent to clients as `x-ghgate-cache` and counted in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Served from a fresh entry; upstream not asked.
     Hit,
     /// Fetched from upstream (and stored when storable).
@@ -31,7 +31,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for pre-registering metrics.
-    pub const ALL: [Outcome; 7] = [
+    pub(crate) const ALL: [Outcome; 7] = [
         Outcome::Hit,
         Outcome::Miss,
         Outcome::Revalidated,
@@ -42,7 +42,7 @@ impl Outcome {
     ];
 
     /// Whether the answer needed no paid upstream request (what the hit ratio counts).
-    pub fn served_locally(self) -> bool {
+    pub(crate) fn served_locally(self) -> bool {
         matches!(
             self,
             Outcome::Hit | Outcome::Revalidated | Outcome::Stale | Outcome::Coalesced | Outcome::Negative
@@ -50,7 +50,7 @@ impl Outcome {
     }
 
     /// The `x-ghgate-cache` value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Hit => "HIT",
             Outcome::Miss => "MISS",
@@ -62,11 +62,6 @@ impl Outcome {
         }
     }
 
-    /// Whether this answer spent no rate-limit unit upstream.
-    pub fn saved_a_unit(self) -> bool {
-        !matches!(self, Outcome::Miss | Outcome::Bypass)
-    }
-
     fn index(self) -> usize {
         self as usize
     }
@@ -74,16 +69,16 @@ impl Outcome {
 
 /// A value per outcome, indexed without hashing (the hit path uses it).
 #[derive(Debug, Clone)]
-pub struct PerOutcome<T>([T; 7]);
+pub(crate) struct PerOutcome<T>([T; 7]);
 
 impl<T> PerOutcome<T> {
     /// Builds one value per outcome.
-    pub fn new(mut make: impl FnMut(Outcome) -> T) -> Self {
+    pub(crate) fn new(mut make: impl FnMut(Outcome) -> T) -> Self {
         PerOutcome(Outcome::ALL.map(&mut make))
     }
 
     /// The value of `outcome`.
-    pub fn get(&self, outcome: Outcome) -> &T {
+    pub(crate) fn get(&self, outcome: Outcome) -> &T {
         &self.0[outcome.index()]
     }
 }

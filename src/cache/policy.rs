@@ -40,7 +40,7 @@ const KEPT_ON_REVALIDATION: [HeaderName; 4] = [
 
 /// Decides storability and freshness for answers.
 #[derive(Debug, Clone)]
-pub struct FreshnessPolicy {
+pub(crate) struct FreshnessPolicy {
     settings: CacheSettings,
 }
 
@@ -81,7 +81,7 @@ impl ResponseLike for PolicyResponse<'_> {
 
 /// The verdict on one answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// Freshness windows for the entry.
     pub freshness: Freshness,
     /// Age the answer had on arrival.
@@ -90,13 +90,8 @@ pub struct Verdict {
 
 impl FreshnessPolicy {
     /// A policy with the operator's cache settings.
-    pub fn new(settings: CacheSettings) -> Self {
+    pub(crate) fn new(settings: CacheSettings) -> Self {
         Self { settings }
-    }
-
-    /// The cache settings in force.
-    pub fn settings(&self) -> &CacheSettings {
-        &self.settings
     }
 
     fn rule_for(&self, path: &str) -> Option<&FreshnessRule> {
@@ -108,7 +103,7 @@ impl FreshnessPolicy {
     /// `request_headers` must be the upstream request's headers (credentials included: the
     /// crate checks `Authorization` in shared mode); `response_headers` must already have
     /// their `Vary` lines merged.
-    pub fn evaluate(
+    pub(crate) fn evaluate(
         &self,
         partition: &Partition,
         path: &str,
@@ -220,7 +215,7 @@ impl Directives {
 
 /// Merges every `Vary` line into one. GitHub sends two, and a consumer that reads only the
 /// last one (as `http-cache-semantics` and old nginx do) would forget `Authorization`.
-pub fn merge_vary(headers: &mut HeaderMap) {
+pub(crate) fn merge_vary(headers: &mut HeaderMap) {
     let mut names: Vec<String> = Vec::new();
     for value in headers.get_all(http::header::VARY) {
         let Ok(text) = value.to_str() else { continue };
@@ -239,7 +234,7 @@ pub fn merge_vary(headers: &mut HeaderMap) {
 }
 
 /// The request header names that `Vary` selects on and that the key does not already cover.
-pub fn extra_vary_names(response_headers: &HeaderMap) -> Vec<HeaderName> {
+pub(crate) fn extra_vary_names(response_headers: &HeaderMap) -> Vec<HeaderName> {
     const IN_KEY: [&str; 4] = ["accept", "authorization", "accept-encoding", "x-github-api-version"];
     response_headers
         .get_all(http::header::VARY)
@@ -254,7 +249,7 @@ pub fn extra_vary_names(response_headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// Applies a 304's headers to a stored answer (RFC 9111 §4.3.4): every header the 304 carries
 /// replaces the stored one, except those that describe the body.
-pub fn merge_not_modified(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+pub(crate) fn merge_not_modified(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     for name in not_modified.keys() {
         if KEPT_ON_REVALIDATION.contains(name) || name == http::header::VARY {

@@ -37,7 +37,6 @@ use axum::response::Response;
 use http::StatusCode;
 
 pub(crate) use context::{Caller, RequestCtx, UpstreamAuth};
-pub use finish::CACHE_STATUS_HEADER;
 
 use crate::app_auth::{Broker, Identity, Rejection};
 use crate::cache::Outcome;
@@ -189,13 +188,10 @@ impl Gateway {
 
     /// `POST /_ghgate/webhook`: checked, answered 202 at once, applied afterwards.
     async fn receive_webhook(self: &Arc<Self>, ctx: &RequestCtx, body: Body) -> Response {
-        let delivery =
-            match crate::webhook::receive(&self.settings.webhooks, &self.metrics, &ctx.parts.headers, body)
-                .await
-            {
-                Ok(delivery) => delivery,
-                Err(refusal) => return refusal,
-            };
+        let delivery = match self.invalidation.receive_webhook(&ctx.parts.headers, body).await {
+            Ok(delivery) => delivery,
+            Err(refusal) => return refusal,
+        };
         let me = Arc::clone(self);
         tokio::spawn(async move {
             for effect in delivery.effects() {

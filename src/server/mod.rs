@@ -34,7 +34,7 @@ pub struct Running {
     /// Where the admin listener listens.
     pub admin_addr: SocketAddr,
     /// The gateway's shared state.
-    pub gateway: Arc<Gateway>,
+    pub(crate) gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -445,7 +445,7 @@ async fn clear_negative(
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-pub async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -14,7 +14,7 @@ const HEADER_LEN: usize = 4 + 8 + 4;
 
 /// Why a stored value could not be read back.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CodecError {
+pub(crate) enum CodecError {
     /// Too short, wrong magic or a checksum mismatch: the bytes are not what was written.
     #[error("corrupted or truncated value")]
     Corrupt,
@@ -38,7 +38,7 @@ pub fn frame(payload: &[u8], expires_at: SystemTime) -> Bytes {
 }
 
 /// Checks a frame and returns its expiry and payload.
-pub fn unframe(bytes: &[u8]) -> Result<(SystemTime, &[u8]), CodecError> {
+pub(crate) fn unframe(bytes: &[u8]) -> Result<(SystemTime, &[u8]), CodecError> {
     if bytes.len() < HEADER_LEN || bytes[..4] != MAGIC {
         return Err(CodecError::Corrupt);
     }
@@ -56,7 +56,7 @@ pub fn unframe(bytes: &[u8]) -> Result<(SystemTime, &[u8]), CodecError> {
 }
 
 /// The expiry written in a frame, without checking the payload (for warm starts).
-pub fn frame_expiry(bytes: &[u8]) -> Option<SystemTime> {
+pub(crate) fn frame_expiry(bytes: &[u8]) -> Option<SystemTime> {
     if bytes.len() < HEADER_LEN || bytes[..4] != MAGIC {
         return None;
     }
@@ -85,7 +85,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Encodes a cached answer, framed, expiring when the entry does.
-pub fn encode_response(entry: &CachedResponse) -> Bytes {
+pub(crate) fn encode_response(entry: &CachedResponse) -> Bytes {
     let stored = StoredResponse {
         status: entry.status.as_u16(),
         headers: entry.headers.iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect(),
@@ -109,7 +109,7 @@ pub fn encode_response(entry: &CachedResponse) -> Bytes {
 }
 
 /// Decodes what [`encode_response`] wrote; a damaged value is an error, never a wrong answer.
-pub fn decode_response(bytes: &[u8]) -> Result<CachedResponse, CodecError> {
+pub(crate) fn decode_response(bytes: &[u8]) -> Result<CachedResponse, CodecError> {
     let (_, payload) = unframe(bytes)?;
     let s: StoredResponse =
         postcard::from_bytes(payload).map_err(|e| CodecError::Undecodable(e.to_string()))?;

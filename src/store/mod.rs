@@ -18,12 +18,13 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-pub use codec::{CodecError, decode_response, encode_response, frame, unframe};
+pub use codec::frame;
+pub(crate) use codec::unframe;
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
-pub use redis::RedisStore;
-pub use sealed::Sealer;
-pub use tiered::ResponseCache;
+pub(crate) use redis::RedisStore;
+pub(crate) use sealed::Sealer;
+pub(crate) use tiered::ResponseCache;
 
 use crate::config::{Settings, StoreBackend};
 use crate::telemetry::Metrics;
@@ -112,7 +113,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// The state backends of a gateway: the response cache (hot tier + backend) and, for other
 /// kinds of state, the backend itself.
-pub struct Stores {
+pub(crate) struct Stores {
     /// Cached answers.
     pub responses: ResponseCache,
     /// The backend (`None` with the memory backend).
@@ -124,7 +125,7 @@ pub struct Stores {
 /// Opens the configured backend. A disk store that cannot be opened is an error naming
 /// `store.data_dir`; Redis is connected lazily (a Redis that is down at start-up means a
 /// degraded start, not a failed one).
-pub fn from_settings(settings: &Settings, metrics: Arc<Metrics>) -> Result<Stores, String> {
+pub(crate) fn from_settings(settings: &Settings, metrics: Arc<Metrics>) -> Result<Stores, String> {
     let store = &settings.store;
     let (backend, hot_bytes): (Option<Arc<dyn Store>>, u64) = match store.backend {
         StoreBackend::Memory => (None, settings.cache.max_bytes),
@@ -152,7 +153,7 @@ pub fn from_settings(settings: &Settings, metrics: Arc<Metrics>) -> Result<Store
 /// A value read back with [`Store::get_live`](trait.Store.html#method.get_live): its payload,
 /// checked, and when it stops counting.
 #[derive(Debug, Clone)]
-pub struct Live {
+pub(crate) struct Live {
     /// When the writer said the value stops counting.
     pub expires_at: SystemTime,
     /// The payload, as written.
@@ -163,14 +164,19 @@ impl dyn Store {
     /// Stores `payload` under `key` for `ttl`, framed with its expiry and a checksum (see
     /// [`frame`]): every small value (tokens, look-ups, negative entries, marks, ledger lines)
     /// goes through here, so no caller frames by hand.
-    pub async fn put_expiring(&self, key: &str, payload: &[u8], ttl: Duration) -> Result<(), StoreError> {
+    pub(crate) async fn put_expiring(
+        &self,
+        key: &str,
+        payload: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         self.put(key, frame(payload, SystemTime::now() + ttl), ttl).await
     }
 
     /// The payload under `key` when it is there, intact and not past its expiry; a damaged or
     /// expired value reads as absent. Store failures are errors (the backend has counted and
     /// logged them).
-    pub async fn get_live(&self, key: &str) -> Result<Option<Live>, StoreError> {
+    pub(crate) async fn get_live(&self, key: &str) -> Result<Option<Live>, StoreError> {
         let Some(framed) = self.get(key).await? else { return Ok(None) };
         let Ok((expires_at, payload)) = unframe(&framed) else { return Ok(None) };
         if expires_at <= SystemTime::now() {
@@ -183,7 +189,7 @@ impl dyn Store {
 
 /// A piece of upstream work that replicas sharing a store should do once: one replica does
 /// it while the others look, now and then, for the result it stores.
-pub trait ReplicaWork: Send {
+pub(crate) trait ReplicaWork: Send {
     /// What the work produces (and waiting replicas find).
     type Output: Send;
 
@@ -195,7 +201,7 @@ pub trait ReplicaWork: Send {
 }
 
 /// A lock in a shared store under which one replica at a time does a [`ReplicaWork`].
-pub struct ReplicaLock<'a> {
+pub(crate) struct ReplicaLock<'a> {
     /// The store the replicas share.
     pub backend: &'a Arc<dyn Store>,
     /// The lock's key (`lock:<what the work is for>`).
@@ -211,7 +217,7 @@ impl ReplicaLock<'_> {
     /// [`ReplicaWork::check`] every 25 ms, takes over if the lock is released without a
     /// result, and goes alone after `wait`. A store that no other replica shares, or that
     /// fails, means "go alone": inside one process the coalescer already lets one request work.
-    pub async fn run<J: ReplicaWork>(&self, job: J, metrics: &Metrics) -> J::Output {
+    pub(crate) async fn run<J: ReplicaWork>(&self, job: J, metrics: &Metrics) -> J::Output {
         if !self.backend.is_shared() {
             return job.work().await;
         }

@@ -32,7 +32,7 @@ const UNLOCK: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /// The Redis backend.
-pub struct RedisStore {
+pub(crate) struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -49,7 +49,7 @@ pub struct RedisStore {
 impl RedisStore {
     /// Prepares the connection (made lazily, so a Redis that is down at start-up gives a
     /// degraded start rather than a failed one).
-    pub fn connect(settings: &StoreSettings, metrics: Arc<Metrics>) -> Result<RedisStore, String> {
+    pub(crate) fn connect(settings: &StoreSettings, metrics: Arc<Metrics>) -> Result<RedisStore, String> {
         let url = settings.redis_url.as_deref().ok_or("is required when store.backend = \"redis\"")?;
         let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL ({e})"))?;
         let config = ConnectionManagerConfig::new()

@@ -10,7 +10,7 @@ use sha2::Sha256;
 const NONCE_LEN: usize = 12;
 
 /// Seals and opens small secrets.
-pub struct Sealer {
+pub(crate) struct Sealer {
     cipher: Aes256Gcm,
 }
 
@@ -23,7 +23,7 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer keyed by HMAC-SHA256(secret, purpose label): replicas sharing the secret can
     /// open each other's values; nothing else can.
-    pub fn new(secret: &[u8]) -> Sealer {
+    pub(crate) fn new(secret: &[u8]) -> Sealer {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(b"ghgate/v1/sealed-values");
         let key = mac.finalize().into_bytes();
@@ -31,7 +31,7 @@ impl Sealer {
     }
 
     /// `nonce || ciphertext+tag`.
-    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let nonce = Nonce::try_from(&nonce_bytes[..]).expect("12-byte nonce");
         let sealed = self
@@ -45,7 +45,7 @@ impl Sealer {
     }
 
     /// The plaintext, or `None` when the value was not sealed by this key for this `aad`.
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < NONCE_LEN {
             return None;
         }

@@ -52,10 +52,10 @@ impl quick_cache::Weighter<String, Hot> for ByWeight {
 /// How stale the backend's copy of an entry refreshed by a 304 may get before it is rewritten
 /// (non-shared backends only). A 304 changes only times and a few headers; rewriting the whole
 /// answer on every revalidation made a revalidation-heavy load write-bound.
-pub const REFRESH_PERSIST_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const REFRESH_PERSIST_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Cached answers: hot tier plus optional backend.
-pub struct ResponseCache {
+pub(crate) struct ResponseCache {
     hot: quick_cache::sync::Cache<String, Hot, ByWeight>,
     hot_max_bytes: u64,
     backend: Option<Arc<dyn Store>>,
@@ -64,7 +64,7 @@ pub struct ResponseCache {
 
 impl ResponseCache {
     /// A cache whose hot tier holds about `hot_max_bytes`, in front of `backend`.
-    pub fn new(hot_max_bytes: u64, backend: Option<Arc<dyn Store>>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(hot_max_bytes: u64, backend: Option<Arc<dyn Store>>, metrics: Arc<Metrics>) -> Self {
         // Sized for answers of a few KiB each; the bound is the byte weight, not the count.
         let estimated_items = usize::try_from(hot_max_bytes / 4096).unwrap_or(usize::MAX).clamp(16, 1 << 20);
         let hot = quick_cache::sync::Cache::with_weighter(estimated_items, hot_max_bytes, ByWeight);
@@ -73,12 +73,12 @@ impl ResponseCache {
 
     /// The backend key of a cache key: hashed, so keys have one short length and carry no
     /// path or partition in clear.
-    pub fn backend_key(key: &str) -> String {
+    pub(crate) fn backend_key(key: &str) -> String {
         format!("r:{}", hex::encode(&Sha256::digest(key.as_bytes())[..16]))
     }
 
     /// The entry under `key`: from the hot tier, else from the backend (then kept hot).
-    pub async fn get(&self, key: &str) -> Result<Option<Arc<CachedResponse>>, StoreError> {
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         if let Some(hot) = self.live_hot(key) {
             return Ok(Some(hot.entry));
         }
@@ -86,7 +86,7 @@ impl ResponseCache {
     }
 
     /// The entry under `key` if the memory tier has it (no backend read).
-    pub fn get_hot(&self, key: &str) -> Option<Arc<CachedResponse>> {
+    pub(crate) fn get_hot(&self, key: &str) -> Option<Arc<CachedResponse>> {
         self.live_hot(key).map(|hot| hot.entry)
     }
 
@@ -102,7 +102,10 @@ impl ResponseCache {
 
     /// The entry under `key` as the backend has it now, bypassing the hot tier (replicas use
     /// this to pick up what another replica fetched).
-    pub async fn get_from_backend(&self, key: &str) -> Result<Option<Arc<CachedResponse>>, StoreError> {
+    pub(crate) async fn get_from_backend(
+        &self,
+        key: &str,
+    ) -> Result<Option<Arc<CachedResponse>>, StoreError> {
         let Some(backend) = &self.backend else { return Ok(None) };
         let backend_key = Self::backend_key(key);
         let Some(bytes) = backend.get(&backend_key).await? else { return Ok(None) };
@@ -128,7 +131,7 @@ impl ResponseCache {
 
     /// Stores `entry` hot and in the backend. A backend failure is returned after the hot tier
     /// has the entry, so the answer is still cached locally.
-    pub async fn put(
+    pub(crate) async fn put(
         &self,
         key: String,
         entry: Arc<CachedResponse>,
@@ -149,7 +152,7 @@ impl ResponseCache {
     /// is older than [`REFRESH_PERSIST_INTERVAL`]; the memory tier always gets the new entry.
     /// After a restart the older copy just revalidates (free) sooner. A shared backend (Redis)
     /// is always written, so other replicas see the refresh.
-    pub async fn put_refreshed(
+    pub(crate) async fn put_refreshed(
         &self,
         key: String,
         entry: Arc<CachedResponse>,
@@ -169,7 +172,7 @@ impl ResponseCache {
     }
 
     /// Forgets `key` in both tiers.
-    pub async fn remove(&self, key: &str) -> Result<(), StoreError> {
+    pub(crate) async fn remove(&self, key: &str) -> Result<(), StoreError> {
         self.hot.remove(key);
         match &self.backend {
             Some(backend) => backend.remove(&Self::backend_key(key)).await,
@@ -178,26 +181,26 @@ impl ResponseCache {
     }
 
     /// The backend, if there is one.
-    pub fn backend(&self) -> Option<&Arc<dyn Store>> {
+    pub(crate) fn backend(&self) -> Option<&Arc<dyn Store>> {
         self.backend.as_ref()
     }
 
     /// Makes the backend's writes durable (on shutdown).
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         if let Some(backend) = &self.backend {
             backend.flush().await;
         }
     }
 
     /// Runs pending housekeeping (the hot tier needs none: it evicts as it inserts).
-    pub async fn maintain(&self) {
+    pub(crate) async fn maintain(&self) {
         if let Some(backend) = &self.backend {
             backend.maintain().await;
         }
     }
 
     /// Bytes held: by the backend when it counts them, else by the hot tier.
-    pub fn size_bytes(&self) -> u64 {
+    pub(crate) fn size_bytes(&self) -> u64 {
         match &self.backend {
             Some(b) if b.size_bytes() > 0 || b.entry_count() > 0 => b.size_bytes(),
             _ => self.hot.weight(),
@@ -205,7 +208,7 @@ impl ResponseCache {
     }
 
     /// Entries held, counted like [`ResponseCache::size_bytes`].
-    pub fn entry_count(&self) -> u64 {
+    pub(crate) fn entry_count(&self) -> u64 {
         match &self.backend {
             Some(b) if b.size_bytes() > 0 || b.entry_count() > 0 => b.entry_count(),
             _ => self.hot.len() as u64,
@@ -213,22 +216,17 @@ impl ResponseCache {
     }
 
     /// Bytes held by the hot tier.
-    pub fn hot_bytes(&self) -> u64 {
+    pub(crate) fn hot_bytes(&self) -> u64 {
         self.hot.weight()
     }
 
-    /// The hot tier's bound.
-    pub fn hot_max_bytes(&self) -> u64 {
-        self.hot_max_bytes
-    }
-
     /// The backend's health (the memory backend is always healthy).
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         self.backend.as_ref().map_or(Health::Ok, |b| b.health())
     }
 
     /// Where answers live.
-    pub fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         match &self.backend {
             Some(b) => format!("{} with a {} byte memory tier", b.location(), self.hot_max_bytes),
             None => format!("memory (max {} bytes)", self.hot_max_bytes),

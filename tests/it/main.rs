@@ -14,4 +14,5 @@ mod reliability;
 mod robustness;
 mod status_page;
 mod stores;
+mod tidy;
 mod webhooks;

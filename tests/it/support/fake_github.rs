@@ -7,10 +7,7 @@
 //! units per credential in `x-ratelimit-*`, hides private resources from other tokens, pages
 //! lists with absolute `Link` URLs, and can be told to slow down, fail, or change a resource.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -173,8 +170,6 @@ pub struct FakeState {
 pub struct FakeGitHub {
     /// Shared state and counters.
     pub state: Arc<FakeState>,
-    /// Where it listens.
-    pub addr: SocketAddr,
     shutdown: Arc<tokio::sync::Notify>,
 }
 
@@ -190,6 +185,7 @@ impl FakeGitHub {
     }
 
     /// Starts the fake on a chosen loopback port (0 for any).
+    #[allow(dead_code)] // The benchmark upstream (examples/bench_upstream.rs) listens on a chosen port.
     pub async fn start_on(port: u16) -> FakeGitHub {
         Self::listen(port, "").await
     }
@@ -229,7 +225,7 @@ impl FakeGitHub {
                 .await
                 .unwrap();
         });
-        FakeGitHub { state, addr, shutdown }
+        FakeGitHub { state, shutdown }
     }
 
     /// The base URL to configure as the gateway's upstream.
@@ -307,12 +303,6 @@ impl FakeGitHub {
             .expect("app enabled")
             .installations
             .insert(owner.to_ascii_lowercase(), installation);
-    }
-
-    /// Removes the app from an owner.
-    pub fn uninstall(&self, owner: &str) {
-        let mut inner = self.state.inner.lock().unwrap();
-        inner.app.as_mut().expect("app enabled").installations.remove(&owner.to_ascii_lowercase());
     }
 
     /// How long new installation tokens live (GitHub: one hour).
@@ -422,11 +412,6 @@ impl FakeGitHub {
     /// Requests received for one path (without query).
     pub fn requests_for(&self, path: &str) -> u64 {
         self.state.inner.lock().unwrap().per_path.get(path).copied().unwrap_or(0)
-    }
-
-    /// Units a credential has used ("anonymous" for none).
-    pub fn used_by(&self, token: &str) -> u64 {
-        self.state.inner.lock().unwrap().used.get(token).copied().unwrap_or(0)
     }
 
     /// Every request received: method, path and query, headers.

@@ -1,7 +1,5 @@
 //! Test harness: starts the real gateway on loopback ports in front of the fake GitHub.
 
-#![allow(dead_code)]
-
 pub mod app;
 pub mod fake_github;
 pub mod process;
@@ -12,10 +10,7 @@ use std::time::Duration;
 use ghgate::config::Settings;
 use ghgate::server::Running;
 
-// Each test binary uses a different part of the harness.
-#[allow(unused_imports)]
 pub use fake_github::{FakeGitHub, Resource};
-#[allow(unused_imports)]
 pub use redis_server::RedisServer;
 
 /// A gateway started for one test, with a client pointed at it.
