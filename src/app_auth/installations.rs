@@ -146,8 +146,12 @@ impl Installations {
             paths: lookup_paths(target),
             metrics: Arc::clone(&self.metrics),
         };
-        let lock = self.backend.clone().map(|backend| (backend, format!("lock:{}", job.store.asked_key)));
-        let (hold, wait) = (self.hold, self.wait);
+        let lock = ReplicaLock {
+            backend: self.backend.clone(),
+            key: format!("lock:{}", job.store.asked_key),
+            hold: self.hold,
+            wait: self.wait,
+        };
         let (flight, _) = self.flights.join(flight, move || {
             async move {
                 // What another replica (or an earlier run) found, first.
@@ -155,13 +159,7 @@ impl Installations {
                     return Ok(found);
                 }
                 let metrics = Arc::clone(&job.metrics);
-                match &lock {
-                    Some((backend, key)) => {
-                        let lock = ReplicaLock { backend, key: key.clone(), hold, wait };
-                        lock.run(job, &metrics).await
-                    }
-                    None => job.work().await,
-                }
+                lock.run(job, &metrics).await
             }
             .boxed()
         });

@@ -139,8 +139,13 @@ impl Tokens {
             auth: auth.clone(),
             metrics: Arc::clone(&self.metrics),
         };
-        let lock = self.backend.clone().map(|backend| (backend, format!("lock:{}", job.store.key)));
-        let (hold, wait, cache) = (self.hold, self.wait, self.cache.clone());
+        let lock = ReplicaLock {
+            backend: self.backend.clone(),
+            key: format!("lock:{}", job.store.key),
+            hold: self.hold,
+            wait: self.wait,
+        };
+        let cache = self.cache.clone();
         let (flight, _) = self.mints.join(key.clone(), move || {
             async move {
                 // A token another replica (or an earlier run) minted, first.
@@ -150,13 +155,7 @@ impl Tokens {
                     return Ok(token);
                 }
                 let metrics = Arc::clone(&job.metrics);
-                let minted = match &lock {
-                    Some((backend, lock_key)) => {
-                        let lock = ReplicaLock { backend, key: lock_key.clone(), hold, wait };
-                        lock.run(job, &metrics).await
-                    }
-                    None => job.work().await,
-                };
+                let minted = lock.run(job, &metrics).await;
                 if let Ok(token) = &minted {
                     cache.insert(key, Arc::clone(token));
                 }

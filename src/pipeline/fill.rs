@@ -177,7 +177,7 @@ impl Gateway {
             return self.fetch(request).await;
         };
         let lock = ReplicaLock {
-            backend: &backend,
+            backend: Some(backend),
             key: format!("lock:{}", ResponseCache::backend_key(&request.key.key)),
             hold: self.settings.upstream.timeout + std::time::Duration::from_secs(2),
             wait: self.settings.store.lock_wait,

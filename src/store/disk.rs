@@ -7,8 +7,8 @@
 //! value whose frame checksum does not match is deleted and reported as a miss.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use moka::notification::RemovalCause;
 use tracing::warn;
 
+use super::failures::Failures;
 use super::{Health, Store, StoreError, codec};
 use crate::telemetry::Metrics;
 
@@ -52,8 +53,7 @@ pub struct DiskStore {
     max_bytes: u64,
     dir: PathBuf,
     failing: AtomicBool,
-    last_warning: Mutex<Option<Instant>>,
-    metrics: Arc<Metrics>,
+    failures: Failures,
 }
 
 impl DiskStore {
@@ -111,8 +111,7 @@ impl DiskStore {
             max_bytes,
             dir: dir.to_path_buf(),
             failing: AtomicBool::new(false),
-            last_warning: Mutex::new(None),
-            metrics,
+            failures: Failures::new(dir.display().to_string(), metrics),
         };
         store.warm_start()?;
         Ok(store)
@@ -143,19 +142,9 @@ impl DiskStore {
         Ok(())
     }
 
-    fn warn_limited(&self, message: &str, error: &str) {
-        let mut last = self.last_warning.lock().expect("warning clock poisoned");
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            *last = Some(Instant::now());
-            warn!(dir = %self.dir.display(), %error, "{message}");
-        }
-    }
-
     fn failed(&self, what: &str, error: String) -> StoreError {
         self.failing.store(true, Ordering::Relaxed);
-        self.metrics.store_errors.increment(1);
-        self.warn_limited(&format!("disk store {what} failed; serving from memory"), &error);
-        StoreError(error)
+        self.failures.failed(&format!("disk store {what} failed; serving from memory"), error)
     }
 }
 
@@ -173,16 +162,14 @@ impl Store for DiskStore {
                 }
                 Err(e) => {
                     // A checksum or read error for this key: drop it and answer a miss.
-                    self.metrics.store_corrupt.increment(1);
-                    self.warn_limited("dropped an unreadable disk entry", &e.to_string());
+                    self.failures.corrupt("dropped an unreadable disk entry", &e.to_string());
                     self.index.invalidate(key);
                     let _ = self.data.remove(key.as_bytes());
                     return Ok(None);
                 }
             };
             if codec::unframe(&value).is_err() {
-                self.metrics.store_corrupt.increment(1);
-                self.warn_limited("dropped a corrupted disk entry", key);
+                self.failures.corrupt("dropped a corrupted disk entry", key);
                 self.index.invalidate(key);
                 let _ = self.data.remove(key.as_bytes());
                 return Ok(None);

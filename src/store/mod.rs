@@ -6,6 +6,7 @@
 
 mod codec;
 mod disk;
+mod failures;
 mod memory;
 mod redis;
 mod sealed;
@@ -201,9 +202,9 @@ pub(crate) trait ReplicaWork: Send {
 }
 
 /// A lock in a shared store under which one replica at a time does a [`ReplicaWork`].
-pub(crate) struct ReplicaLock<'a> {
-    /// The store the replicas share.
-    pub backend: &'a Arc<dyn Store>,
+pub(crate) struct ReplicaLock {
+    /// The store the replicas share (`None`, or one nobody else sees: the work just runs).
+    pub backend: Option<Arc<dyn Store>>,
     /// The lock's key (`lock:<what the work is for>`).
     pub key: String,
     /// How long the lock is held at most (the work's own deadline plus a margin).
@@ -212,31 +213,36 @@ pub(crate) struct ReplicaLock<'a> {
     pub wait: Duration,
 }
 
-impl ReplicaLock<'_> {
+impl ReplicaLock {
     /// Does `job` here once this replica holds the lock; while another holds it, polls
     /// [`ReplicaWork::check`] every 25 ms, takes over if the lock is released without a
     /// result, and goes alone after `wait`. A store that no other replica shares, or that
     /// fails, means "go alone": inside one process the coalescer already lets one request work.
     pub(crate) async fn run<J: ReplicaWork>(&self, job: J, metrics: &Metrics) -> J::Output {
-        if !self.backend.is_shared() {
+        let Some(backend) = self.backend.as_ref().filter(|b| b.is_shared()) else {
             return job.work().await;
-        }
-        let fence = match self.backend.try_lock(&self.key, self.hold).await {
+        };
+        let fence = match backend.try_lock(&self.key, self.hold).await {
             Ok(Some(fence)) => fence,
             Err(_) => return job.work().await,
-            Ok(None) => match self.wait_for_other(&job, metrics).await {
+            Ok(None) => match self.wait_for_other(backend, &job, metrics).await {
                 Waited::Found(found) => return found,
                 Waited::GoAlone => return job.work().await,
                 Waited::Locked(fence) => fence,
             },
         };
         let result = job.work().await;
-        let _ = self.backend.unlock(&self.key, fence).await;
+        let _ = backend.unlock(&self.key, fence).await;
         result
     }
 
     /// Polls for another replica's result while it holds the lock.
-    async fn wait_for_other<J: ReplicaWork>(&self, job: &J, metrics: &Metrics) -> Waited<J::Output> {
+    async fn wait_for_other<J: ReplicaWork>(
+        &self,
+        backend: &Arc<dyn Store>,
+        job: &J,
+        metrics: &Metrics,
+    ) -> Waited<J::Output> {
         metrics.lock_waits.increment(1);
         let deadline = std::time::Instant::now() + self.wait;
         let mut polls = 0u32;
@@ -247,7 +253,7 @@ impl ReplicaLock<'_> {
             }
             polls += 1;
             if polls % 4 == 0 {
-                match self.backend.try_lock(&self.key, self.hold).await {
+                match backend.try_lock(&self.key, self.hold).await {
                     Ok(Some(fence)) => return Waited::Locked(fence),
                     Ok(None) => {}
                     Err(_) => return Waited::GoAlone,

@@ -18,8 +18,9 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tracing::{info, warn};
+use tracing::info;
 
+use super::failures::Failures;
 use super::{Health, Store, StoreError};
 use crate::config::StoreSettings;
 use crate::telemetry::Metrics;
@@ -41,9 +42,8 @@ pub(crate) struct RedisStore {
     /// When a command last failed: while Redis is failing, commands fail at once for
     /// `FAIL_FAST` instead of each waiting out the timeout (one probe gets through per period).
     last_failure: Mutex<Option<Instant>>,
-    last_warning: Mutex<Option<Instant>>,
+    failures: Failures,
     unlock: redis::Script,
-    metrics: Arc<Metrics>,
 }
 
 impl RedisStore {
@@ -66,9 +66,8 @@ impl RedisStore {
             url_for_logs: redact_url(url),
             healthy: AtomicBool::new(true),
             last_failure: Mutex::new(None),
-            last_warning: Mutex::new(None),
+            failures: Failures::new(redact_url(url), metrics),
             unlock: redis::Script::new(UNLOCK),
-            metrics,
         })
     }
 
@@ -119,13 +118,7 @@ impl RedisStore {
         };
         self.healthy.store(false, Ordering::Relaxed);
         *self.last_failure.lock().expect("failure clock poisoned") = Some(Instant::now());
-        self.metrics.store_errors.increment(1);
-        let mut last = self.last_warning.lock().expect("warning clock poisoned");
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            *last = Some(Instant::now());
-            warn!(redis = %self.url_for_logs, %error, "Redis is failing; serving without shared state");
-        }
-        Err(StoreError(error))
+        Err(self.failures.failed("Redis is failing; serving without shared state", error))
     }
 }
 
