@@ -86,10 +86,10 @@ impl Partitioner {
         if trimmed.is_empty() {
             return Partition::anonymous();
         }
-        let credential = strip_scheme(trimmed, b"token ")
-            .or_else(|| strip_scheme(trimmed, b"bearer "))
-            .map(|rest| (b"t:".as_slice(), trim_ascii(rest)))
-            .unwrap_or((b"h:".as_slice(), trimmed));
+        let credential = match split_scheme(trimmed) {
+            (Some(scheme), rest) if is_token_scheme(scheme) => (b"t:".as_slice(), rest),
+            _ => (b"h:".as_slice(), trimmed),
+        };
         let mut mac = self.mac.clone();
         mac.update(credential.0);
         mac.update(credential.1);
@@ -102,9 +102,21 @@ impl Partitioner {
     }
 }
 
-fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
-    (value.len() > scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme))
-        .then(|| &value[scheme.len()..])
+/// An `Authorization` value split into its scheme (the first word, when whitespace follows
+/// it) and the rest, trimmed: `("token", "X")` for `token X`, `Token\tX` or `  TOKEN   X `;
+/// `(None, "X")` for a bare `X`. Every reader of `Authorization` (partitions, client keys)
+/// splits it here, so they agree on what the credential is.
+pub(crate) fn split_scheme(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    let value = value.trim_ascii();
+    match value.iter().position(u8::is_ascii_whitespace) {
+        Some(end) => (Some(&value[..end]), value[end..].trim_ascii()),
+        None => (None, value),
+    }
+}
+
+/// `token` and `Bearer`, in any case: the same credential to GitHub.
+pub(crate) fn is_token_scheme(scheme: &[u8]) -> bool {
+    scheme.eq_ignore_ascii_case(b"token") || scheme.eq_ignore_ascii_case(b"bearer")
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {

@@ -107,11 +107,13 @@ impl Inbound {
     /// Phase 1, admit: the webhook route; requests a proxy must not forward (400); bodies
     /// declared over `server.max_body_bytes` (413); CORS preflights; the limiter (429). Every
     /// refusal is counted and logged.
-    pub(crate) fn admit(&self, parts: &Parts, peer: SocketAddr, partitioner: &Partitioner) -> Admitted {
+    pub(crate) fn admit(&self, parts: &mut Parts, peer: SocketAddr, partitioner: &Partitioner) -> Admitted {
         if parts.uri.path() == crate::webhook::PATH && parts.method == Method::POST {
             return Admitted::Webhook;
         }
-        if let Err(message) = check_request(parts) {
+        if let Err(message) =
+            check_request(parts).and_then(|()| drop_connection_nominated(&mut parts.headers))
+        {
             self.metrics.bad_requests.increment(1);
             warn!(%peer, method = %parts.method, %message, "refused malformed request");
             return Admitted::Answered(github::error_response(StatusCode::BAD_REQUEST, &message));
@@ -158,6 +160,58 @@ impl Inbound {
     pub(crate) fn retain_recent(&self) {
         self.limiter.retain_recent();
     }
+}
+
+/// Headers that decide how a request is cached, who it acts as, or where its client is: a
+/// `Connection` that names one of them is refused, because the header would be dropped on the
+/// way upstream while the cache key (or the partition, or the limiter) was worked out with it.
+const NOT_HOP_BY_HOP: [&str; 17] = [
+    "authorization",
+    "accept",
+    "x-github-api-version",
+    "if-none-match",
+    "if-modified-since",
+    "cache-control",
+    "pragma",
+    "range",
+    "cookie",
+    "x-github-otp",
+    "x-requested-with",
+    "x-ghgate-installation",
+    "host",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "cf-connecting-ip",
+];
+
+/// Removes the headers a `Connection` header nominates (hop-by-hop for this hop only), so that
+/// everything after admit — the cache key, the partition, the upstream request — sees the
+/// same headers; refuses a nomination of a header that takes part in any of them.
+fn drop_connection_nominated(headers: &mut HeaderMap) -> Result<(), String> {
+    if !headers.contains_key(http::header::CONNECTION) {
+        return Ok(());
+    }
+    let mut nominated = Vec::new();
+    for value in headers.get_all(http::header::CONNECTION) {
+        let Ok(value) = value.to_str() else {
+            return Err("the Connection header must be ASCII".into());
+        };
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if NOT_HOP_BY_HOP.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+                return Err(format!(
+                    "ghgate: Connection must not name {name}: that header decides how the request is cached or who it acts as"
+                ));
+            }
+            if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                nominated.push(name);
+            }
+        }
+    }
+    for name in nominated {
+        headers.remove(name);
+    }
+    Ok(())
 }
 
 /// Refuses requests a proxy must not forward.

@@ -134,11 +134,7 @@ impl ClientKeys {
     /// A client key makes the request an app request; anything else passes through with its
     /// own credential (unless pass-through is switched off).
     pub(super) fn identify(&self, headers: &HeaderMap, path: &str) -> Result<Identity, Rejection> {
-        let presented = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| strip_scheme(v.trim()))
-            .filter(|v| v.starts_with(CLIENT_KEY_PREFIX));
+        let presented = headers.get(http::header::AUTHORIZATION).and_then(|v| presented_key(v.as_bytes()));
         let Some(key) = presented else {
             if !self.allow_pass_through {
                 return Err(Rejection::new(
@@ -148,7 +144,7 @@ impl ClientKeys {
             }
             return Ok(Identity::PassThrough);
         };
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(key).into();
         // Compare against every client, without stopping early, in constant time each.
         let mut found: Option<&Client> = None;
         for client in &self.clients {
@@ -162,15 +158,7 @@ impl ClientKeys {
                 "Bad credentials: unknown ghgate client key",
             ));
         };
-        let target = target_of(path, headers).ok_or_else(|| {
-            Rejection::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "This path names no owner: say which installation you mean with the {} header (an owner or an installation id)",
-                    INSTALLATION_HEADER
-                ),
-            )
-        })?;
+        let target = target_of(path, headers)?;
         if !client.owners.is_empty() {
             let allowed =
                 target.owner().is_some_and(|o| client.owners.iter().any(|a| a.eq_ignore_ascii_case(o)));
@@ -189,35 +177,58 @@ impl ClientKeys {
     }
 }
 
-fn strip_scheme(value: &str) -> &str {
-    for scheme in ["Bearer ", "bearer ", "token ", "Token "] {
-        if let Some(rest) = value.strip_prefix(scheme) {
-            return rest.trim();
-        }
-    }
-    value
+/// The client key an `Authorization` value presents, if it looks like one: the credential
+/// after any scheme (`token`, `Bearer`, `BEARER`, even `Basic`), with any whitespace, starts
+/// with `ghgate_`. Such a value is never forwarded: a known key acts as its app, an unknown
+/// one is refused here.
+fn presented_key(value: &[u8]) -> Option<&[u8]> {
+    let (_, credential) = crate::identity::split_scheme(value);
+    credential.starts_with(CLIENT_KEY_PREFIX.as_bytes()).then_some(credential)
 }
 
-/// The installation a request addresses, from its path or the installation header.
-fn target_of(path: &str, headers: &HeaderMap) -> Option<Target> {
+/// The installation a request addresses, from its path or the installation header. The
+/// header's value is spliced into look-up URLs, so it must be an owner login or an
+/// installation id and nothing else.
+fn target_of(path: &str, headers: &HeaderMap) -> Result<Target, Rejection> {
     let mut parts = path.trim_start_matches('/').split('/');
     let first = parts.next().unwrap_or("");
     let second = parts.next().filter(|s| !s.is_empty());
     let third = parts.next().filter(|s| !s.is_empty());
     match (first, second, third) {
-        ("repos", Some(o), Some(r)) => return Some(Target::Repo(o.to_string(), r.to_string())),
-        ("orgs", Some(o), _) => return Some(Target::Org(o.to_string())),
-        ("users", Some(u), _) => return Some(Target::User(u.to_string())),
+        ("repos", Some(o), Some(r)) => return Ok(Target::Repo(o.to_string(), r.to_string())),
+        ("orgs", Some(o), _) => return Ok(Target::Org(o.to_string())),
+        ("users", Some(u), _) => return Ok(Target::User(u.to_string())),
         _ => {}
     }
-    let named = headers.get(&INSTALLATION_HEADER)?.to_str().ok()?.trim();
+    let named = headers.get(&INSTALLATION_HEADER).map(|v| v.to_str().unwrap_or("\u{0}").trim()).unwrap_or("");
     if named.is_empty() {
-        return None;
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "This path names no owner: say which installation you mean with the {INSTALLATION_HEADER} header (an owner or an installation id)"
+            ),
+        ));
     }
-    Some(match named.parse::<u64>() {
-        Ok(id) => Target::Id(id),
-        Err(_) => Target::Owner(named.to_string()),
-    })
+    if let Ok(id) = named.parse::<u64>() {
+        return Ok(Target::Id(id));
+    }
+    if !is_login(named) {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            format!("The {INSTALLATION_HEADER} header must be an owner login or an installation id"),
+        ));
+    }
+    Ok(Target::Owner(named.to_string()))
+}
+
+/// A GitHub login: 1–39 letters, digits and single hyphens, not starting or ending with one.
+fn is_login(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=39).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 /// A new client key and the SHA-256 to configure for it (`ghgate gen-client-key`).
@@ -242,18 +253,39 @@ mod tests {
     #[test]
     fn targets_come_from_the_path_or_the_installation_header() {
         let none = HeaderMap::new();
+        let target = |path: &str, h: &HeaderMap| target_of(path, h).ok();
         assert_eq!(
-            target_of("/repos/octo/hello/pulls", &none),
+            target("/repos/octo/hello/pulls", &none),
             Some(Target::Repo("octo".into(), "hello".into()))
         );
-        assert_eq!(target_of("/orgs/acme/members", &none), Some(Target::Org("acme".into())));
-        assert_eq!(target_of("/users/mona", &none), Some(Target::User("mona".into())));
-        assert_eq!(target_of("/installation/repositories", &none), None);
-        assert_eq!(target_of("/repos/octo", &none), None);
+        assert_eq!(target("/orgs/acme/members", &none), Some(Target::Org("acme".into())));
+        assert_eq!(target("/users/mona", &none), Some(Target::User("mona".into())));
+        assert_eq!(target("/installation/repositories", &none), None);
+        assert_eq!(target("/repos/octo", &none), None);
         let by_owner = headers(&[("x-ghgate-installation", "acme")]);
-        assert_eq!(target_of("/installation/repositories", &by_owner), Some(Target::Owner("acme".into())));
+        assert_eq!(target("/installation/repositories", &by_owner), Some(Target::Owner("acme".into())));
         let by_id = headers(&[("x-ghgate-installation", "123")]);
-        assert_eq!(target_of("/graphql", &by_id), Some(Target::Id(123)));
+        assert_eq!(target("/graphql", &by_id), Some(Target::Id(123)));
+        for bad in ["a/b", "../x", "-a", "a-", "a--b", "a?b", "a b", &"a".repeat(40)] {
+            assert!(target_of("/graphql", &headers(&[("x-ghgate-installation", bad)])).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_keys_are_recognised_in_any_scheme_spelling() {
+        for value in [
+            "token ghgate_x",
+            "BEARER ghgate_x",
+            "bearer\tghgate_x",
+            "  Token   ghgate_x ",
+            "ghgate_x",
+            "Basic ghgate_x",
+        ] {
+            assert_eq!(presented_key(value.as_bytes()), Some(b"ghgate_x".as_slice()), "{value:?}");
+        }
+        for value in ["token ghp_x", "Bearer", "", "token ghgate"] {
+            assert_eq!(presented_key(value.as_bytes()), None, "{value:?}");
+        }
     }
 
     #[test]

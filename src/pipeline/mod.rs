@@ -137,7 +137,7 @@ impl Gateway {
 
     /// Phases 1–6; each may end the walk with an answer.
     async fn walk(self: &Arc<Self>, ctx: &mut RequestCtx, body: Body) -> (Response, Outcome) {
-        let credential = match self.inbound.admit(&ctx.parts, ctx.peer, &self.partitioner) {
+        let credential = match self.inbound.admit(&mut ctx.parts, ctx.peer, &self.partitioner) {
             Admitted::Proceed(credential) => credential,
             Admitted::Webhook => return (self.receive_webhook(ctx, body).await, Outcome::Bypass),
             Admitted::Answered(response) => return (response, Outcome::Bypass),

@@ -1,0 +1,149 @@
+//! Hostile and careless clients (issue 15): what one client sends must never change what
+//! another is served, push a gateway secret to GitHub, or reach GitHub in a form the gateway
+//! did not check. Each test here failed before the fix it is named after.
+
+use crate::support;
+
+use support::app::{add_app, client, fake_with_app};
+use support::{FakeGitHub, Resource, outcome, start_gateway};
+
+const README: &str = "/repos/octo/hello/contents/README.md";
+
+/// Whether any request the fake received carried `needle` in a header value or its target.
+fn upstream_saw(fake: &FakeGitHub, needle: &str) -> bool {
+    fake.log().iter().any(|(_, target, headers)| {
+        target.contains(needle)
+            || headers.values().any(|v| String::from_utf8_lossy(v.as_bytes()).contains(needle))
+    })
+}
+
+#[tokio::test]
+async fn a_connection_header_naming_a_keyed_header_cannot_poison_the_cache() {
+    let fake = FakeGitHub::start().await;
+    fake.put(README, Resource::json(r#"{"name":"README.md","encoding":"base64"}"#).variant("raw", "# hello"));
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let raw = "application/vnd.github.raw";
+    // `Connection: Accept` would drop Accept before going upstream (a JSON answer) while the
+    // key still said "raw": refused, and nothing is stored under the raw key.
+    let poisoned = gw
+        .client
+        .get(format!("{}{README}", gw.url))
+        .header("accept", raw)
+        .header("connection", "Accept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poisoned.status(), 400, "a Connection naming Accept is refused");
+    let body = poisoned.text().await.unwrap();
+    assert!(
+        body.contains("\"message\"") && body.contains("Accept"),
+        "GitHub-shaped, naming the header: {body}"
+    );
+    for nominated in ["x-github-api-version", "authorization", "if-none-match", "cookie"] {
+        let r = gw
+            .client
+            .get(format!("{}{README}", gw.url))
+            .header("connection", format!("keep-alive, {nominated}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "a Connection naming {nominated} is refused");
+    }
+    let honest = gw.client.get(format!("{}{README}", gw.url)).header("accept", raw).send().await.unwrap();
+    assert_eq!(outcome(&honest), "MISS");
+    assert_eq!(honest.text().await.unwrap(), "# hello", "the raw representation, not the JSON one");
+    // Other nominated headers are hop-by-hop: dropped before the key and before GitHub.
+    let r = gw
+        .client
+        .get(format!("{}{README}", gw.url))
+        .header("accept", raw)
+        .header("connection", "x-trace")
+        .header("x-trace", "secret-hop-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outcome(&r), "HIT", "the same key as the request without the hop-by-hop header");
+    assert!(!upstream_saw(&fake, "secret-hop-value"), "a nominated header never goes upstream");
+}
+
+#[tokio::test]
+async fn a_client_key_is_never_sent_upstream_whatever_its_scheme_spelling() {
+    let fake = fake_with_app().await;
+    fake.install("octo", 7);
+    fake.put("/repos/octo/hello", Resource::json(r#"{"id":1}"#));
+    let key = "ghgate_0123456789abcdef0123456789abcdef";
+    let gw = start_gateway(&fake.url(), |s| {
+        add_app(s);
+        s.clients.push(client("ci", key, &[]));
+    })
+    .await;
+    let unknown = "ghgate_ffffffffffffffffffffffffffffffffffff";
+    for value in [
+        format!("BEARER {key}"),
+        format!("bearer\t{key}"),
+        format!("Token   {key}"),
+        format!("  token {key}  "),
+    ] {
+        let r = gw
+            .client
+            .get(format!("{}/repos/octo/hello", gw.url))
+            .header("authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{value:?} is the client key, in any spelling");
+    }
+    for value in [
+        format!("BEARER {unknown}"),
+        format!("bearer\t{unknown}"),
+        unknown.to_string(),
+        format!("Basic {unknown}"),
+    ] {
+        let r = gw
+            .client
+            .get(format!("{}/repos/octo/hello", gw.url))
+            .header("authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{value:?} looks like a client key: refused here");
+    }
+    assert!(!upstream_saw(&fake, "ghgate_"), "no client key, known or not, reached GitHub");
+}
+
+#[tokio::test]
+async fn the_installation_header_takes_only_an_owner_login_or_an_id() {
+    let fake = fake_with_app().await;
+    fake.install("octo", 7);
+    let key = "ghgate_0123456789abcdef0123456789abcdef";
+    let gw = start_gateway(&fake.url(), |s| {
+        add_app(s);
+        s.clients.push(client("ci", key, &[]));
+    })
+    .await;
+    for named in ["nobody/../../app/installations/102?x=", "octo/hello", "a b", "-octo", "octo?x=1"] {
+        let r = gw
+            .client
+            .get(format!("{}/installation/repositories", gw.url))
+            .header("authorization", format!("token {key}"))
+            .header("x-ghgate-installation", named)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{named:?} is neither an owner login nor an installation id");
+    }
+    assert!(
+        !fake.log().iter().any(|(_, target, _)| target.contains("nobody") || target.contains("102")),
+        "nothing was spliced into an upstream URL: {:?}",
+        fake.log().iter().map(|(_, t, _)| t.clone()).collect::<Vec<_>>()
+    );
+    let fine = gw
+        .client
+        .get(format!("{}/installation/repositories", gw.url))
+        .header("authorization", format!("token {key}"))
+        .header("x-ghgate-installation", "octo")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(fine.status(), 400, "an owner login is accepted");
+}
