@@ -231,8 +231,8 @@ pub(crate) fn check_request(parts: &Parts) -> Result<(), String> {
 
 /// `.` or `..`, each dot possibly written `%2e` / `%2E` (checked without allocating: this
 /// runs on every request).
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let mut rest = segment;
     let mut dots = 0;
     while !rest.is_empty() {
         if rest[0] == b'.' {
@@ -256,17 +256,46 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Refuses dot segments (also percent-encoded): appended to an enterprise base such as
-/// `/api/v3`, `..` would climb out of it.
+/// `/api/v3`, `..` would climb out of it. Front ends may decode `%2F` before resolving, so
+/// the path is checked as written and once percent-decoded (`..%2F..%2F_admin` has dot
+/// segments once decoded).
 pub(crate) fn check_path(path: &str) -> Result<(), String> {
-    for segment in path.split('/') {
+    check_segments(path.as_bytes())?;
+    if path.contains('%') {
+        check_segments(&percent_decoded(path.as_bytes()))?;
+    }
+    Ok(())
+}
+
+fn check_segments(path: &[u8]) -> Result<(), String> {
+    for segment in path.split(|b| *b == b'/') {
         if is_dot_segment(segment) {
             return Err("dot segments ('.' or '..') are not allowed in request paths".into());
         }
-        if segment.contains('\\') || contains_ignore_ascii_case(segment.as_bytes(), b"%5c") {
+        if segment.contains(&b'\\') || contains_ignore_ascii_case(segment, b"%5c") {
             return Err("backslashes are not allowed in request paths".into());
         }
     }
     Ok(())
+}
+
+/// `path` with every `%XX` decoded once (an invalid escape stays as written).
+fn percent_decoded(path: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' && i + 2 < path.len() {
+            if let (Some(hi), Some(lo)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(path[i]);
+        i += 1;
+    }
+    out
 }
 
 /// The length a request or answer declares, when it declares one.
@@ -429,6 +458,13 @@ mod tests {
             assert!(check_path(&format!("/a/{fine}/b")).is_ok(), "{fine}");
         }
         assert!(check_path("/a/%5C").is_err() && check_path("/a/b\\c").is_err());
+        // Encoded slashes around dot segments: dot segments once a front end decodes them.
+        for sneaky in ["/repos/x/..%2F..%2F_admin", "/a/%2e%2e%2fb", "/a/%2E%2E%2F", "/a/b%2F.%2Fc"] {
+            assert!(check_path(sneaky).is_err(), "{sneaky}");
+        }
+        for fine in ["/repos/o/r/contents/dir%2Ffile.md", "/search/code?q=a%2Fb", "/a/%zz", "/a/%2"] {
+            assert!(check_path(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

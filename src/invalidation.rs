@@ -36,6 +36,16 @@ use crate::webhook::{self, Delivery, Effect};
 /// `webhooks.covered_freshness` could outlive their mark on other replicas).
 const MARK_TTL: Duration = Duration::from_secs(3600);
 
+/// How long delivery ids are remembered, so a captured delivery cannot be replayed.
+const DELIVERY_MEMORY: Duration = Duration::from_secs(3600);
+
+/// The 202 a delivery gets (also a replayed one: there is nothing for its sender to retry).
+pub(crate) fn accepted() -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response
+}
+
 /// The staleness marks and webhook coverage of one gateway.
 pub struct Invalidation {
     /// When an unsafe request, a purge or a webhook last changed a path key or scope.
@@ -48,6 +58,8 @@ pub struct Invalidation {
     covered_freshness: Duration,
     /// The webhook receiver's secrets and size cap.
     webhooks: WebhookSettings,
+    /// Delivery ids seen in the last hour (bounded).
+    deliveries: moka::sync::Cache<String, ()>,
     /// The store other replicas share, when there is one: marks go there too.
     shared: Option<Arc<dyn Store>>,
     /// The upstream base, to recognise a write's `Location` as one of its paths.
@@ -64,6 +76,9 @@ impl Invalidation {
         negative: Arc<NegativeCache>,
         metrics: Arc<Metrics>,
     ) -> Invalidation {
+        if settings.webhooks.secrets.iter().any(|secret| secret.len() < 16) {
+            warn!("a webhook secret is shorter than 16 bytes: deliveries signed with it are easy to forge");
+        }
         Invalidation {
             marks: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -76,6 +91,10 @@ impl Invalidation {
                 .build(),
             covered_freshness: settings.webhooks.covered_freshness,
             webhooks: settings.webhooks.clone(),
+            deliveries: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(DELIVERY_MEMORY)
+                .build(),
             shared: backend.filter(|b| b.is_shared()),
             upstream_base: crate::rewrite::base_of(&settings.upstream.url),
             negative,
@@ -183,6 +202,13 @@ impl Invalidation {
                 "ghgate: missing or bad X-Hub-Signature-256",
             ));
         }
+        if let Some(id) = headers.get("x-github-delivery").and_then(|v| v.to_str().ok()) {
+            if self.seen_before(id).await {
+                // Its effects were applied when it first came: a replay changes nothing.
+                metrics.webhook("replayed").increment(1);
+                return Err(accepted());
+            }
+        }
         metrics.webhook("accepted").increment(1);
         // The event name is shown on the status page: keep it short and plain.
         let event: String = headers
@@ -194,6 +220,27 @@ impl Invalidation {
             .take(64)
             .collect();
         Ok(Delivery { event, payload })
+    }
+
+    /// Whether a delivery with this `X-GitHub-Delivery` id came in the last hour — here, or
+    /// (with a shared store) at any replica: the id is claimed with the store's lock, which
+    /// only one replica gets.
+    async fn seen_before(&self, id: &str) -> bool {
+        let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
+        if id.is_empty() {
+            return false;
+        }
+        let mut first_here = false;
+        self.deliveries.entry(id.clone()).or_insert_with(|| {
+            first_here = true;
+        });
+        if !first_here {
+            return true;
+        }
+        match &self.shared {
+            Some(shared) => matches!(shared.try_lock(&format!("wh:{id}"), DELIVERY_MEMORY).await, Ok(None)),
+            None => false,
+        }
     }
 
     /// Applies one effect of a webhook delivery of `event`: a repository's or owner's entries

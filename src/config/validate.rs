@@ -76,6 +76,14 @@ impl Settings {
         if self.store.hot_max_bytes == 0 {
             bad("store.hot_max_bytes", "must be greater than zero".into());
         }
+        for (i, secret) in self.webhooks.secrets.iter().enumerate() {
+            if secret.is_empty() {
+                bad(
+                    &format!("webhooks.secrets[{i}]"),
+                    "must not be empty: anyone can sign a delivery with an empty key".into(),
+                );
+            }
+        }
         if self.server.header_read_timeout.is_zero() {
             bad("server.header_read_timeout", "must be greater than zero".into());
         }

@@ -34,7 +34,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
-use http::StatusCode;
 
 pub(crate) use context::{Caller, RequestCtx, UpstreamAuth};
 
@@ -198,9 +197,7 @@ impl Gateway {
                 me.invalidation.apply_webhook(&delivery.event, effect, &me.broker).await;
             }
         });
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::ACCEPTED;
-        response
+        crate::invalidation::accepted()
     }
 
     /// The metrics this gateway records.

@@ -147,3 +147,19 @@ async fn the_installation_header_takes_only_an_owner_login_or_an_id() {
         .unwrap();
     assert_ne!(fine.status(), 400, "an owner login is accepted");
 }
+
+#[tokio::test]
+async fn encoded_slashes_around_dot_segments_are_refused() {
+    let fake = FakeGitHub::start().await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    for path in
+        ["/repos/x/..%2F..%2F_admin", "/repos/x/%2e%2e%2f%2e%2e%2fapp", "/repos/o/r/contents/a%2F.%2Fb"]
+    {
+        let r = gw.client.get(format!("{}{path}", gw.url)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path} has dot segments once decoded");
+    }
+    assert_eq!(fake.requests(), 0, "none reached GitHub");
+    fake.put("/repos/o/r/contents/dir%2Ffile.md", Resource::json("{}"));
+    let fine = gw.client.get(format!("{}/repos/o/r/contents/dir%2Ffile.md", gw.url)).send().await.unwrap();
+    assert_ne!(fine.status(), 400, "an encoded slash alone is fine");
+}

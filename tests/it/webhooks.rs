@@ -194,3 +194,72 @@ async fn gw_warm(gw: &TestGateway) {
     gw.get("/repos/octo/hello", Some("t")).await;
     assert_eq!(outcome(&gw.get("/repos/octo/hello", Some("t")).await), "HIT");
 }
+
+/// Delivers `push` with a delivery id, as GitHub sends it.
+async fn deliver_with_id(gw: &TestGateway, id: &str) -> reqwest::Response {
+    let body = payload("push");
+    gw.client
+        .post(format!("{}/_ghgate/webhook", gw.url))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", id)
+        .header("x-hub-signature-256", signature(SECRET, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_changes_nothing_here_or_on_another_replica() {
+    let redis = support::RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let url = redis.url();
+    let shared = move |s: &mut ghgate::config::Settings| {
+        with_webhooks(s);
+        s.store.backend = ghgate::config::StoreBackend::Redis;
+        s.store.redis_url = Some(url.clone());
+    };
+    let a = start_gateway(&fake.url(), &shared).await;
+    let b = start_gateway(&fake.url(), &shared).await;
+    assert_eq!(deliver_with_id(&a, "72d3162e-cc78-11e3-81ab-4c9367dc0958").await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // Both replicas have marked the repository; entries fetched from now on are fresh.
+    gw_warm(&a).await;
+    gw_warm(&b).await;
+    // The same delivery again, captured and replayed at either replica: no new mark.
+    assert_eq!(deliver_with_id(&a, "72d3162e-cc78-11e3-81ab-4c9367dc0958").await.status(), 202);
+    assert_eq!(deliver_with_id(&b, "72d3162e-cc78-11e3-81ab-4c9367dc0958").await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(outcome(&a.get("/repos/octo/hello", Some("t")).await), "HIT", "a replay marks nothing stale");
+    assert_eq!(outcome(&b.get("/repos/octo/hello", Some("t")).await), "HIT", "nor on the other replica");
+    assert_eq!(a.metric("ghgate_webhooks_total{result=\"replayed\"}").await, 1.0);
+    assert_eq!(b.metric("ghgate_webhooks_total{result=\"replayed\"}").await, 1.0);
+    // A new delivery still works.
+    assert_eq!(deliver_with_id(&b, "9a0b1c2d-0000-11e3-81ab-4c9367dc0958").await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(outcome(&a.get("/repos/octo/hello", Some("t")).await), "REVALIDATED");
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_changes_nothing_on_one_node() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), with_webhooks).await;
+    assert_eq!(deliver_with_id(&gw, "d-1").await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw_warm(&gw).await;
+    assert_eq!(deliver_with_id(&gw, "d-1").await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(outcome(&gw.get("/repos/octo/hello", Some("t")).await), "HIT");
+    assert_eq!(gw.metric("ghgate_webhooks_total{result=\"replayed\"}").await, 1.0);
+}
+
+#[test]
+fn an_empty_webhook_secret_is_refused_naming_its_key() {
+    let error =
+        ghgate::config::Settings::from_toml_str("[webhooks]\nsecrets = [\"long-enough-secret\", \"\"]")
+            .unwrap_err()
+            .to_string();
+    assert!(error.contains("webhooks.secrets[1]") && error.contains("empty"), "{error}");
+}
