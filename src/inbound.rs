@@ -226,7 +226,25 @@ pub(crate) fn check_request(parts: &Parts) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err("the request path must start with '/'".into());
     }
+    if let Some(host) = parts.headers.get(http::header::HOST) {
+        check_host(host)?;
+    }
     check_path(path)
+}
+
+/// A `Host` must be a plain authority (a host and an optional valid port): it becomes the base
+/// of the links handed back to the client.
+fn check_host(host: &HeaderValue) -> Result<(), String> {
+    let invalid = || "the Host header must be a host name or address with an optional port".to_string();
+    let text = host.to_str().map_err(|_| invalid())?.trim();
+    let authority: http::uri::Authority = text.parse().map_err(|_| invalid())?;
+    // `port_u16` is None both without a port and with one that is not a u16.
+    let after_host = text.rfind(']').map_or(text, |end| &text[end..]);
+    let port_ok = !after_host.contains(':') || authority.port_u16().is_some();
+    if text.is_empty() || text.contains('@') || !port_ok {
+        return Err(invalid());
+    }
+    Ok(())
 }
 
 /// `.` or `..`, each dot possibly written `%2e` / `%2E` (checked without allocating: this
@@ -464,6 +482,16 @@ mod tests {
         }
         for fine in ["/repos/o/r/contents/dir%2Ffile.md", "/search/code?q=a%2Fb", "/a/%zz", "/a/%2"] {
             assert!(check_path(fine).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_plain_authorities() {
+        for fine in ["api.example", "127.0.0.1:8080", "[::1]:9000", "gw.example:443"] {
+            assert!(check_host(&HeaderValue::from_static(fine)).is_ok(), "{fine}");
+        }
+        for bad in ["user@evil.example", "evil.example/x?", "gw.example:70000", "", "a b", "evil.example?x"] {
+            assert!(check_host(&HeaderValue::from_str(bad).unwrap()).is_err(), "{bad:?}");
         }
     }
 

@@ -18,6 +18,8 @@ pub(crate) struct RequestCtx {
     pub parts: Parts,
     /// The connection's peer (the client, or a proxy in front of it).
     pub peer: SocketAddr,
+    /// The listener address the connection reached.
+    pub local: SocketAddr,
     /// When the request arrived, for the access log and the latency histogram.
     pub started: Instant,
     /// `HEAD`: answers carry no body.
@@ -28,9 +30,9 @@ pub(crate) struct RequestCtx {
 
 impl RequestCtx {
     /// The context of a request that just arrived.
-    pub fn new(parts: Parts, peer: SocketAddr) -> RequestCtx {
+    pub fn new(parts: Parts, peer: SocketAddr, local: SocketAddr) -> RequestCtx {
         let head = parts.method == Method::HEAD;
-        RequestCtx { parts, peer, started: Instant::now(), head, caller: None }
+        RequestCtx { parts, peer, local, started: Instant::now(), head, caller: None }
     }
 
     /// The request path, without the query.

@@ -31,16 +31,17 @@ impl Gateway {
         // The public base is worked out only for answers that carry a URL to rewrite.
         let headers = response.headers();
         if headers.contains_key(http::header::LINK) || headers.contains_key(http::header::LOCATION) {
+            // When no public base can be worked out (no usable Host), the listener's own
+            // address stands in: a client is never handed the upstream's URL.
             let public_base = rewrite::public_base(
                 self.public_url.as_deref(),
                 &parts.headers,
                 &parts.uri,
                 ctx.peer.ip(),
                 &self.settings.server.trusted_proxies,
-            );
-            if let Some(base) = public_base {
-                rewrite::rewrite_headers(response.headers_mut(), &self.upstream_base, &base);
-            }
+            )
+            .unwrap_or_else(|| format!("http://{}", ctx.local));
+            rewrite::rewrite_headers(response.headers_mut(), &self.upstream_base, &public_base);
         }
         response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(outcome.as_str()));
         self.inbound.apply_cors(&parts.headers, response.headers_mut());

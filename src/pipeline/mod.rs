@@ -126,10 +126,16 @@ impl Gateway {
         }))
     }
 
-    /// Handles one proxied request, start to finish: the phases, in order.
-    pub async fn handle(self: Arc<Self>, request: http::Request<Body>, peer: SocketAddr) -> Response {
+    /// Handles one proxied request, start to finish: the phases, in order. `peer` is the
+    /// connection's remote address, `local` the listener address it reached.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: http::Request<Body>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Response {
         let (parts, body) = request.into_parts();
-        let mut ctx = RequestCtx::new(parts, peer);
+        let mut ctx = RequestCtx::new(parts, peer, local);
         let (response, outcome) = self.walk(&mut ctx, body).await;
         self.finish(&ctx, response, outcome)
     }

@@ -197,6 +197,8 @@ fn spawn_connection(
     app: Service,
 ) {
     let _ = stream.set_nodelay(true);
+    // The address the client reached: the base of last resort for rewritten links.
+    let local = stream.local_addr().unwrap_or(peer);
     let service =
         hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
             use futures::future::Either;
@@ -205,7 +207,7 @@ fn spawn_connection(
                     let gateway = Arc::clone(gateway);
                     let request = request.map(Body::new);
                     Either::Left(async move {
-                        Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await)
+                        Ok::<_, std::convert::Infallible>(gateway.handle(request, peer, local).await)
                     })
                 }
                 Service::Admin(router) => {

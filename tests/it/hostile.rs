@@ -4,6 +4,10 @@
 
 use crate::support;
 
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use support::app::{add_app, client, fake_with_app};
 use support::{FakeGitHub, Resource, outcome, start_gateway};
 
@@ -162,4 +166,33 @@ async fn encoded_slashes_around_dot_segments_are_refused() {
     fake.put("/repos/o/r/contents/dir%2Ffile.md", Resource::json("{}"));
     let fine = gw.client.get(format!("{}/repos/o/r/contents/dir%2Ffile.md", gw.url)).send().await.unwrap();
     assert_ne!(fine.status(), 400, "an encoded slash alone is fine");
+}
+
+/// Sends `request` as written and reads the whole answer (the gateway closes after it).
+async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn links_never_point_at_the_upstream_whatever_the_host_header_says() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello/issues", Resource::json("[]"));
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let addr = gw.running.proxy_addr;
+    let path = "/repos/octo/hello/issues?page=2";
+    for host in ["user@evil.example", "evil.example/x?", "gw.example:70000"] {
+        let answer =
+            raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "Host {host:?} is refused: {answer}");
+    }
+    // No Host at all (HTTP/1.0): the links name the listener the client reached.
+    let answer = raw(addr, &format!("GET {path} HTTP/1.0\r\n\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let link = answer.lines().find(|l| l.to_ascii_lowercase().starts_with("link:")).expect("a Link header");
+    assert!(link.contains(&format!("http://{addr}/repos/octo/hello/issues?page=3")), "{link}");
+    assert!(!link.contains(&fake.url()), "the upstream's URL never reaches the client: {link}");
 }
