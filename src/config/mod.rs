@@ -406,6 +406,12 @@ pub struct ServerSettings {
     /// Threads serving proxy connections, each with its own single-threaded runtime; 0 means
     /// one per CPU.
     pub workers: usize,
+    /// Open connections per listener at most; past it, new connections wait in the kernel's
+    /// backlog. Keep it under the process's descriptor limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// How long an idle HTTP/2 connection may go without answering a ping before it is closed.
+    #[serde(with = "duration")]
+    pub http2_keep_alive: Duration,
 }
 
 impl Default for ServerSettings {
@@ -422,6 +428,8 @@ impl Default for ServerSettings {
             max_body_bytes: 100 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
+            max_connections: 10_000,
+            http2_keep_alive: Duration::from_secs(60),
         }
     }
 }

@@ -90,6 +90,12 @@ impl Settings {
         if !(8192..=1 << 20).contains(&self.server.max_header_bytes) {
             bad("server.max_header_bytes", "must be between 8192 and 1048576".into());
         }
+        if self.server.max_connections == 0 {
+            bad("server.max_connections", "must be greater than zero".into());
+        }
+        if self.server.http2_keep_alive.is_zero() {
+            bad("server.http2_keep_alive", "must be greater than zero".into());
+        }
         if self.server.max_body_bytes == 0 {
             bad("server.max_body_bytes", "must be greater than zero".into());
         }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -14,7 +14,7 @@ use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -107,6 +107,8 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         header_read_timeout: settings.server.header_read_timeout,
         max_header_bytes: settings.server.max_header_bytes,
         shutdown_grace: settings.server.shutdown_grace,
+        max_connections: settings.server.max_connections,
+        http2_keep_alive: settings.server.http2_keep_alive,
     };
     let workers = workers::Workers::start(settings.server.worker_count(), &gateway, limits)?;
     let mut tasks = Vec::new();
@@ -157,6 +159,8 @@ struct ConnectionLimits {
     header_read_timeout: Duration,
     max_header_bytes: usize,
     shutdown_grace: Duration,
+    max_connections: usize,
+    http2_keep_alive: Duration,
 }
 
 /// What a listener serves: the proxy hands every request straight to the pipeline (no
@@ -184,18 +188,34 @@ fn connection_builder(limits: ConnectionLimits) -> hyper_util::server::conn::aut
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(limits.http2_keep_alive / 2))
+        .keep_alive_timeout(limits.http2_keep_alive / 2);
     builder
 }
 
-/// Serves one connection in a task on the current runtime, watched by `graceful`.
+/// An accepted connection and its place under `server.max_connections` (given back when
+/// the connection ends).
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Serves one connection in a task on the current runtime, watched by `graceful`. A client
+/// must send its first byte within `header_read_timeout` (hyper's own timeout starts only once
+/// the protocol is known, and protocol detection waits for that byte).
 fn spawn_connection(
     builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
-    stream: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
     app: Service,
+    first_byte_within: Duration,
 ) {
+    let Accepted { stream, peer, _slot: slot } = accepted;
     let _ = stream.set_nodelay(true);
     // The address the client reached: the base of last resort for rewritten links.
     let local = stream.local_addr().unwrap_or(peer);
@@ -217,10 +237,18 @@ fn spawn_connection(
                 }
             }
         });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-    let connection = graceful.watch(connection);
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
     tokio::spawn(async move {
-        let _ = connection.await;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(first_byte_within, stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // Silent past the deadline, closed, or broken: nothing to serve.
+            _ => return,
+        }
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let _ = watcher.watch(connection).await;
+        drop(slot);
     });
 }
 
@@ -245,23 +273,35 @@ async fn serve(
 ) {
     let builder = connection_builder(limits);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_warning: Option<Instant> = None;
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, or a connection reset before accept: back off
-                    // briefly instead of spinning.
-                    warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        // A free slot first: at `max_connections`, new connections wait in the backlog.
+        let accepted = tokio::select! {
+            accepted = async {
+                let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+                (listener.accept().await, slot)
+            } => accepted,
             _ = async { let _ = stop.wait_for(|stopped| *stopped).await; } => break,
         };
+        let accepted = match accepted {
+            (Ok((stream, peer)), slot) => Accepted { stream, peer, _slot: slot },
+            (Err(e), _) => {
+                // Out of file descriptors, or a connection reset before accept: back off
+                // instead of spinning, and say so at most every 10 s.
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    last_warning = Some(Instant::now());
+                    warn!(listener = name, error = %e, "accept failed; backing off");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         match &mut dispatch {
-            Dispatch::Here(app) => spawn_connection(&builder, &graceful, stream, peer, app.clone()),
-            Dispatch::Workers(workers) => workers.hand_over(stream, peer),
+            Dispatch::Here(app) => {
+                spawn_connection(&builder, &graceful, accepted, app.clone(), limits.header_read_timeout)
+            }
+            Dispatch::Workers(workers) => workers.hand_over(accepted),
         }
     }
     drop(listener);

@@ -17,14 +17,15 @@ use std::sync::Arc;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::warn;
 
-use super::{ConnectionLimits, Service, connection_builder, spawn_connection};
+use super::{Accepted, ConnectionLimits, Service, connection_builder, spawn_connection};
 use crate::pipeline::Gateway;
 
-/// A connection handed to a worker.
-type Handover = (std::net::TcpStream, SocketAddr);
+/// A connection handed to a worker (as a std socket: a tokio one is tied to the runtime that
+/// registered it), with its slot under `server.max_connections`.
+type Handover = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 
 /// The running workers, as seen by the accept loop.
 pub(super) struct Workers {
@@ -77,7 +78,8 @@ impl Workers {
     }
 
     /// Gives an accepted connection to the next worker in turn.
-    pub(super) fn hand_over(&mut self, stream: TcpStream, peer: SocketAddr) {
+    pub(super) fn hand_over(&mut self, accepted: Accepted) {
+        let Accepted { stream, peer, _slot: slot } = accepted;
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(e) => {
@@ -88,7 +90,7 @@ impl Workers {
         let worker = &self.workers[self.next % self.workers.len()];
         self.next = self.next.wrapping_add(1);
         worker.connections.increment(1);
-        if worker.sender.send((stream, peer)).is_err() {
+        if worker.sender.send((stream, peer, slot)).is_err() {
             warn!(%peer, "a proxy worker has stopped; connection dropped");
         }
     }
@@ -111,9 +113,12 @@ impl Workers {
 async fn run(mut receiver: mpsc::UnboundedReceiver<Handover>, app: Service, limits: ConnectionLimits) {
     let builder = connection_builder(limits);
     let graceful = GracefulShutdown::new();
-    while let Some((stream, peer)) = receiver.recv().await {
+    while let Some((stream, peer, slot)) = receiver.recv().await {
         match TcpStream::from_std(stream) {
-            Ok(stream) => spawn_connection(&builder, &graceful, stream, peer, app.clone()),
+            Ok(stream) => {
+                let accepted = Accepted { stream, peer, _slot: slot };
+                spawn_connection(&builder, &graceful, accepted, app.clone(), limits.header_read_timeout)
+            }
             Err(e) => warn!(error = %e, %peer, "a worker could not take a connection"),
         }
     }

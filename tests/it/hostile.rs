@@ -196,3 +196,48 @@ async fn links_never_point_at_the_upstream_whatever_the_host_header_says() {
     assert!(link.contains(&format!("http://{addr}/repos/octo/hello/issues?page=3")), "{link}");
     assert!(!link.contains(&fake.url()), "the upstream's URL never reaches the client: {link}");
 }
+
+#[tokio::test]
+async fn silent_connections_cannot_starve_the_gateway_of_descriptors() {
+    use support::process::GatewayProcess;
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("GHGATE_SERVER__HEADER_READ_TIMEOUT", "1s"), ("GHGATE_SERVER__MAX_CONNECTIONS", "24")];
+    let gw = GatewayProcess::start(&fake.url(), dir.path(), &env).await;
+    // As few descriptors as a small container might give it.
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &gw.pid().to_string(), "--nofile=64:64"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let addr: std::net::SocketAddr = gw.url.trim_start_matches("http://").parse().unwrap();
+    // 70 sockets that never send a byte: more than the descriptors the gateway has.
+    let mut silent = Vec::new();
+    for _ in 0..70 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // A legitimate client is served once the silent ones have had their second.
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(8),
+        support::client().get(format!("{}/repos/octo/hello", gw.url)).send(),
+    )
+    .await
+    .expect("answered within 8 s")
+    .expect("a legitimate request succeeds");
+    assert_eq!(answer.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // The silent sockets were closed by the gateway, not left to hold descriptors.
+    let mut closed = 0;
+    for mut socket in silent {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_secs(3), socket.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 60, "the gateway closed the silent connections ({closed} of 70)");
+    let log = support::process::logs(dir.path());
+    let warnings = log.matches("accept failed").count();
+    assert!(warnings <= 2, "accept failures are logged at most every 10 s, not per attempt ({warnings})");
+}
