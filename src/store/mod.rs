@@ -228,7 +228,15 @@ impl ReplicaLock {
             Ok(None) => match self.wait_for_other(backend, &job, metrics).await {
                 Waited::Found(found) => return found,
                 Waited::GoAlone => return job.work().await,
-                Waited::Locked(fence) => fence,
+                Waited::Locked(fence) => {
+                    // The holder may have stored its result and let go between this replica's
+                    // last look and its taking the lock: look once more before working.
+                    if let Some(found) = job.check().await {
+                        let _ = backend.unlock(&self.key, fence).await;
+                        return found;
+                    }
+                    fence
+                }
             },
         };
         let result = job.work().await;
