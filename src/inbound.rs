@@ -104,13 +104,10 @@ impl Inbound {
         }
     }
 
-    /// Phase 1, admit: the webhook route; requests a proxy must not forward (400); bodies
-    /// declared over `server.max_body_bytes` (413); CORS preflights; the limiter (429). Every
-    /// refusal is counted and logged.
+    /// Phase 1, admit: requests a proxy must not forward (400); bodies declared over
+    /// `server.max_body_bytes` (413); CORS preflights; the limiter (429); then the webhook
+    /// route. Every refusal is counted and logged.
     pub(crate) fn admit(&self, parts: &mut Parts, peer: SocketAddr, partitioner: &Partitioner) -> Admitted {
-        if parts.uri.path() == crate::webhook::PATH && parts.method == Method::POST {
-            return Admitted::Webhook;
-        }
         if let Err(message) =
             check_request(parts).and_then(|()| drop_connection_nominated(&mut parts.headers))
         {
@@ -126,8 +123,9 @@ impl Inbound {
         if self.cors.is_preflight(&parts.method, &parts.headers) {
             return Admitted::Answered(self.cors.preflight(&parts.headers));
         }
+        let webhook = parts.uri.path() == crate::webhook::PATH && parts.method == Method::POST;
         if !self.limiter.is_enabled() {
-            return Admitted::Proceed(None);
+            return if webhook { Admitted::Webhook } else { Admitted::Proceed(None) };
         }
         // The limiter keys on the client's credential, else its real address. The
         // credential's partition is kept for identification, which needs it too.
@@ -148,7 +146,9 @@ impl Inbound {
             response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
             return Admitted::Answered(response);
         }
-        Admitted::Proceed(partition)
+        // Deliveries are unauthenticated until their body is read: they count against their
+        // client's bucket like any other request.
+        if webhook { Admitted::Webhook } else { Admitted::Proceed(partition) }
     }
 
     /// Adds the CORS headers to any answer (see [`Cors::apply`]).

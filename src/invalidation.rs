@@ -60,6 +60,8 @@ pub struct Invalidation {
     webhooks: WebhookSettings,
     /// Delivery ids seen in the last hour (bounded).
     deliveries: moka::sync::Cache<String, ()>,
+    /// Turns to read a delivery's body (`webhooks.max_concurrent`).
+    webhook_reads: tokio::sync::Semaphore,
     /// The store other replicas share, when there is one: marks go there too.
     shared: Option<Arc<dyn Store>>,
     /// The upstream base, to recognise a write's `Location` as one of its paths.
@@ -95,6 +97,7 @@ impl Invalidation {
                 .max_capacity(100_000)
                 .time_to_live(DELIVERY_MEMORY)
                 .build(),
+            webhook_reads: tokio::sync::Semaphore::new(settings.webhooks.max_concurrent),
             shared: backend.filter(|b| b.is_shared()),
             upstream_base: crate::rewrite::base_of(&settings.upstream.url),
             negative,
@@ -193,7 +196,23 @@ impl Invalidation {
         if declared_length(headers).is_some_and(|len| len > cap) {
             return Err(too_large());
         }
-        let Ok(payload) = axum::body::to_bytes(body, cap as usize).await else { return Err(too_large()) };
+        // Bodies are read a few at a time and within `read_timeout`: an unsigned body is held
+        // only until it is complete, so memory is bounded by `max_concurrent` ×
+        // `max_body_bytes` and a trickled body cannot be held for minutes.
+        let deadline = tokio::time::Instant::now() + settings.read_timeout;
+        let too_slow = || {
+            metrics.webhook("too_slow").increment(1);
+            github::error_response(StatusCode::REQUEST_TIMEOUT, "ghgate: webhook delivery body too slow")
+        };
+        let Ok(Ok(_turn)) = tokio::time::timeout_at(deadline, self.webhook_reads.acquire()).await else {
+            return Err(too_slow());
+        };
+        let payload = match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, cap as usize)).await
+        {
+            Ok(Ok(payload)) => payload,
+            Ok(Err(_)) => return Err(too_large()),
+            Err(_) => return Err(too_slow()),
+        };
         if !webhook::verify(&settings.secrets, &payload, headers.get("x-hub-signature-256")) {
             metrics.webhook("bad_signature").increment(1);
             warn!("refused a webhook delivery with a missing or bad signature");

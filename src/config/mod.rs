@@ -120,6 +120,13 @@ pub struct WebhookSettings {
     /// How recently a repository must have sent a delivery to count as covered.
     #[serde(with = "duration")]
     pub coverage_window: Duration,
+    /// A delivery's body must arrive within this long of its head (a body trickled slower is
+    /// answered 408, its memory freed).
+    #[serde(with = "duration")]
+    pub read_timeout: Duration,
+    /// Deliveries whose bodies are read at once, at most (each may hold up to
+    /// `max_body_bytes` until its signature is checked); others wait their turn.
+    pub max_concurrent: usize,
 }
 
 impl Default for WebhookSettings {
@@ -129,6 +136,8 @@ impl Default for WebhookSettings {
             max_body_bytes: 25 * 1024 * 1024,
             covered_freshness: Duration::ZERO,
             coverage_window: Duration::from_secs(24 * 3600),
+            read_timeout: Duration::from_secs(30),
+            max_concurrent: 4,
         }
     }
 }

@@ -76,6 +76,12 @@ impl Settings {
         if self.store.hot_max_bytes == 0 {
             bad("store.hot_max_bytes", "must be greater than zero".into());
         }
+        if self.webhooks.read_timeout.is_zero() {
+            bad("webhooks.read_timeout", "must be greater than zero".into());
+        }
+        if self.webhooks.max_concurrent == 0 {
+            bad("webhooks.max_concurrent", "must be greater than zero".into());
+        }
         for (i, secret) in self.webhooks.secrets.iter().enumerate() {
             if secret.is_empty() {
                 bad(

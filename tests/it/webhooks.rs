@@ -263,3 +263,46 @@ fn an_empty_webhook_secret_is_refused_naming_its_key() {
             .to_string();
     assert!(error.contains("webhooks.secrets[1]") && error.contains("empty"), "{error}");
 }
+
+#[tokio::test]
+async fn a_trickled_delivery_is_cut_off_and_deliveries_count_against_the_limiter() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeGitHub::start().await;
+    let gw = start_gateway(&fake.url(), |s| {
+        with_webhooks(s);
+        s.webhooks.read_timeout = Duration::from_secs(1);
+        s.inbound.limit_enabled = true;
+        s.inbound.requests_per_second = 1;
+        s.inbound.burst = 3;
+    })
+    .await;
+    // A body sent a byte every 200 ms: 408 after read_timeout, not held for minutes.
+    let mut stream = tokio::net::TcpStream::connect(gw.running.proxy_addr).await.unwrap();
+    let head = "POST /_ghgate/webhook HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\nX-Hub-Signature-256: sha256=00\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let trickle = async {
+        loop {
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if started.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(1500), trickle).await;
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(gw.metric("ghgate_webhooks_total{result=\"too_slow\"}").await, 1.0);
+    // Unsigned deliveries from one address run into its bucket like any request.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(deliver(&gw, "push", payload("push"), None).await.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "the limiter answered some of them: {statuses:?}");
+}
