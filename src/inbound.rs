@@ -7,6 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::response::Response;
@@ -84,6 +85,14 @@ pub(crate) enum Admitted {
 /// the limiter.
 pub(crate) struct Inbound {
     limiter: InboundLimiter,
+    /// Credentials GitHub answered with something other than 401 lately: only these are
+    /// limited on their own; any other credential also counts against its client's address
+    /// (so `token junk$RANDOM` on every request cannot escape the limiter).
+    accepted: moka::sync::Cache<Partition, ()>,
+    /// Credentials GitHub just refused with 401 (for `inbound.refused_credential_ttl`).
+    refused: Option<moka::sync::Cache<Partition, ()>>,
+    /// Set by the first refusal; until then requests skip the look-up.
+    any_refused: AtomicBool,
     cors: Cors,
     trusted_proxies: Vec<IpNet>,
     cf_connecting_ip: bool,
@@ -94,8 +103,16 @@ pub(crate) struct Inbound {
 impl Inbound {
     /// From the settings.
     pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Inbound {
+        let ttl = settings.inbound.refused_credential_ttl;
         Inbound {
             limiter: InboundLimiter::new(&settings.inbound),
+            accepted: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            refused: (!ttl.is_zero())
+                .then(|| moka::sync::Cache::builder().max_capacity(100_000).time_to_live(ttl).build()),
+            any_refused: AtomicBool::new(false),
             cors: Cors::new(&settings.cors),
             trusted_proxies: settings.server.trusted_proxies.clone(),
             cf_connecting_ip: settings.inbound.cf_connecting_ip,
@@ -129,14 +146,27 @@ impl Inbound {
         }
         // The limiter keys on the client's credential, else its real address. The
         // credential's partition is kept for identification, which needs it too.
-        let (key, partition) = if parts.headers.contains_key(http::header::AUTHORIZATION) {
-            let partition = partitioner.partition(&parts.headers);
-            (format!("k:{partition}"), Some(partition))
-        } else {
+        let address = || {
             let address = client_address(peer, &parts.headers, &self.trusted_proxies, self.cf_connecting_ip);
-            (format!("a:{address}"), None)
+            format!("a:{address}")
         };
-        if let Err(wait) = self.limiter.check(&key) {
+        let (partition, checked) = if parts.headers.contains_key(http::header::AUTHORIZATION) {
+            let partition = partitioner.partition(&parts.headers);
+            let own = self.limiter.check(&format!("k:{partition}"));
+            // A credential GitHub has not accepted yet also spends its address's budget. (A
+            // client key never reaches GitHub: the broker checks it here.)
+            let forwarded = !is_client_key(parts.headers.get(http::header::AUTHORIZATION));
+            let checked = match own {
+                Ok(()) if forwarded && !self.accepted.contains_key(&partition) => {
+                    self.limiter.check(&address())
+                }
+                other => other,
+            };
+            (Some(partition), checked)
+        } else {
+            (None, self.limiter.check(&address()))
+        };
+        if let Err(wait) = checked {
             self.metrics.inbound_limited.increment(1);
             let mut response = github::error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -149,6 +179,33 @@ impl Inbound {
         // Deliveries are unauthenticated until their body is read: they count against their
         // client's bucket like any other request.
         if webhook { Admitted::Webhook } else { Admitted::Proceed(partition) }
+    }
+
+    /// What GitHub said of a client's own credential (`partition`): a 401 is remembered for
+    /// `inbound.refused_credential_ttl`; anything else makes it a credential GitHub accepts.
+    pub(crate) fn record_credential(&self, partition: &Partition, status: StatusCode) {
+        if partition.is_anonymous() {
+            return;
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            if let Some(refused) = &self.refused {
+                self.any_refused.store(true, Ordering::Release);
+                refused.insert(partition.clone(), ());
+            }
+            self.accepted.invalidate(partition);
+        } else if !self.accepted.contains_key(partition) {
+            self.accepted.insert(partition.clone(), ());
+        }
+    }
+
+    /// The local 401 for a credential GitHub refused a moment ago, if it did.
+    pub(crate) fn refused_answer(&self, partition: &Partition) -> Option<Response> {
+        let refused = self.refused.as_ref()?;
+        if !self.any_refused.load(Ordering::Acquire) || !refused.contains_key(partition) {
+            return None;
+        }
+        self.metrics.refused_credentials.increment(1);
+        Some(github::error_response(StatusCode::UNAUTHORIZED, "Bad credentials"))
     }
 
     /// Adds the CORS headers to any answer (see [`Cors::apply`]).
@@ -212,6 +269,11 @@ fn drop_connection_nominated(headers: &mut HeaderMap) -> Result<(), String> {
         headers.remove(name);
     }
     Ok(())
+}
+
+/// Whether an `Authorization` value presents a gateway client key (`ghgate_…`).
+fn is_client_key(value: Option<&HeaderValue>) -> bool {
+    value.is_some_and(|v| crate::identity::split_scheme(v.as_bytes()).1.starts_with(b"ghgate_"))
 }
 
 /// Refuses requests a proxy must not forward.
@@ -502,6 +564,7 @@ mod tests {
             requests_per_second: 1,
             burst: 2,
             cf_connecting_ip: false,
+            refused_credential_ttl: Duration::ZERO,
         });
         assert!(limiter.check("a").is_ok());
         assert!(limiter.check("a").is_ok());

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub(crate) blocked_identities: Gauge,
     /// `ghgate_inbound_limited_total`: requests refused by the inbound limiter.
     pub(crate) inbound_limited: Counter,
+    /// `ghgate_inbound_refused_credentials_total`: requests answered 401 locally because
+    /// GitHub had just refused their credential.
+    pub(crate) refused_credentials: Counter,
     /// `ghgate_upstream_queue_overflows_total`: requests refused because their identity's queue was full.
     pub(crate) queue_overflows: Counter,
     /// `ghgate_negative_canaries_total`: all rules' canaries together, for one alert.
@@ -271,6 +274,10 @@ impl Metrics {
             inbound_limited: counter(
                 "ghgate_inbound_limited_total",
                 "Requests refused with 429 by the inbound limiter.",
+            ),
+            refused_credentials: counter(
+                "ghgate_inbound_refused_credentials_total",
+                "Requests answered 401 locally because GitHub had just refused their credential.",
             ),
             queue_overflows: counter(
                 "ghgate_upstream_queue_overflows_total",

@@ -95,11 +95,23 @@ pub struct InboundSettings {
     pub burst: u32,
     /// Believe `CF-Connecting-IP` from trusted proxies (behind Cloudflare).
     pub cf_connecting_ip: bool,
+    /// After GitHub refuses a client's credential with 401, further requests with it are
+    /// answered 401 here for this long (per replica). 0 (default) turns it off: a token GitHub
+    /// has not replicated yet is refused for a moment (lesson two of the design brief), and a
+    /// valid token must never be refused by the gateway for longer than GitHub refuses it.
+    #[serde(with = "duration")]
+    pub refused_credential_ttl: Duration,
 }
 
 impl Default for InboundSettings {
     fn default() -> Self {
-        Self { limit_enabled: true, requests_per_second: 500, burst: 1000, cf_connecting_ip: false }
+        Self {
+            limit_enabled: true,
+            requests_per_second: 500,
+            burst: 1000,
+            cf_connecting_ip: false,
+            refused_credential_ttl: Duration::ZERO,
+        }
     }
 }
 

@@ -150,6 +150,9 @@ impl Gateway {
         if let Err(rejection) = self.identify(ctx, credential).await {
             return (github::error_response(rejection.status, &rejection.message), Outcome::Bypass);
         }
+        if let Some(refused) = self.inbound.refused_answer(&ctx.caller().partition) {
+            return (refused, Outcome::Negative);
+        }
         if !self.is_cacheable(&ctx.parts) {
             return self.pass_through(ctx, body).await;
         }

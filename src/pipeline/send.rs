@@ -82,7 +82,9 @@ impl Gateway {
         let UpstreamAuth::App(auth) = &caller.auth else {
             let (body, _) = body.take();
             let result = self.upstream.send(method, url, headers, body).await;
-            return self.account(&caller.partition, result).map(|r| (r, None));
+            let response = self.account(&caller.partition, result)?;
+            self.inbound.record_credential(&caller.partition, response.status());
+            return Ok((response, None));
         };
         let mut retry = self.broker.retry(auth);
         loop {

@@ -241,3 +241,42 @@ async fn silent_connections_cannot_starve_the_gateway_of_descriptors() {
     let warnings = log.matches("accept failed").count();
     assert!(warnings <= 2, "accept failures are logged at most every 10 s, not per attempt ({warnings})");
 }
+
+#[tokio::test]
+async fn junk_credentials_count_against_their_address_and_refused_ones_are_answered_here() {
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json("{}"));
+    let gw = start_gateway(&fake.url(), |s| {
+        s.inbound.limit_enabled = true;
+        s.inbound.requests_per_second = 1;
+        s.inbound.burst = 3;
+    })
+    .await;
+    // A new credential on every request: each has never been accepted by GitHub, so each
+    // also spends the address's budget.
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(gw.get("/repos/octo/hello", Some(&format!("junk{i}"))).await.status().as_u16());
+    }
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 4,
+        "the address's bucket ran out: {statuses:?}"
+    );
+    // With inbound.refused_credential_ttl set, a credential GitHub refused with 401 is
+    // answered 401 here for that long.
+    let gw = start_gateway(&fake.url(), |s| s.inbound.refused_credential_ttl = Duration::from_secs(60)).await;
+    let before = fake.requests();
+    let first = gw.get("/repos/octo/hello", Some("ghs_revoked_or_never_valid")).await;
+    assert_eq!(first.status(), 401);
+    assert_eq!(fake.requests(), before + 1);
+    for _ in 0..3 {
+        let again = gw.get("/repos/octo/hello", Some("ghs_revoked_or_never_valid")).await;
+        assert_eq!(again.status(), 401);
+        assert_eq!(outcome(&again), "NEGATIVE");
+        assert!(again.text().await.unwrap().contains("Bad credentials"));
+    }
+    assert_eq!(fake.requests(), before + 1, "GitHub was asked once");
+    assert_eq!(gw.metric("ghgate_inbound_refused_credentials_total").await, 3.0);
+    // Other credentials are unaffected.
+    assert_eq!(gw.get("/repos/octo/hello", Some("good")).await.status(), 200);
+}
