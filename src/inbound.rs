@@ -245,7 +245,7 @@ const NOT_HOP_BY_HOP: [&str; 17] = [
 /// Removes the headers a `Connection` header nominates (hop-by-hop for this hop only), so that
 /// everything after admit — the cache key, the partition, the upstream request — sees the
 /// same headers; refuses a nomination of a header that takes part in any of them.
-fn drop_connection_nominated(headers: &mut HeaderMap) -> Result<(), String> {
+pub fn drop_connection_nominated(headers: &mut HeaderMap) -> Result<(), String> {
     if !headers.contains_key(http::header::CONNECTION) {
         return Ok(());
     }
@@ -277,7 +277,7 @@ fn is_client_key(value: Option<&HeaderValue>) -> bool {
 }
 
 /// Refuses requests a proxy must not forward.
-pub(crate) fn check_request(parts: &Parts) -> Result<(), String> {
+pub fn check_request(parts: &Parts) -> Result<(), String> {
     if parts.method == Method::CONNECT {
         return Err("CONNECT is not supported: ghgate is a reverse proxy for the GitHub API".into());
     }
@@ -297,6 +297,23 @@ pub(crate) fn check_request(parts: &Parts) -> Result<(), String> {
 /// A `Host` must be a plain authority (a host and an optional valid port): it becomes the base
 /// of the links handed back to the client.
 fn check_host(host: &HeaderValue) -> Result<(), String> {
+    // The usual `name[:port]` is checked without allocating (this runs on every request).
+    let bytes = host.as_bytes();
+    let (name, port) = match bytes.iter().rposition(|b| *b == b':') {
+        Some(colon) => (&bytes[..colon], Some(&bytes[colon + 1..])),
+        None => (bytes, None),
+    };
+    let plain_name =
+        !name.is_empty() && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-');
+    let plain_port = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p).is_ok_and(|p| p.parse::<u16>().is_ok())
+    });
+    if plain_name && plain_port {
+        return Ok(());
+    }
     let invalid = || "the Host header must be a host name or address with an optional port".to_string();
     let text = host.to_str().map_err(|_| invalid())?.trim();
     let authority: http::uri::Authority = text.parse().map_err(|_| invalid())?;
@@ -571,5 +588,73 @@ mod tests {
         let wait = limiter.check("a").unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
         assert!(limiter.check("b").is_ok(), "keys are separate");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::cache::CacheKey;
+    use proptest::prelude::*;
+
+    /// Header names a hostile client might play with: keyed ones, hop-by-hop ones, others.
+    const NAMES: [&str; 12] = [
+        "accept",
+        "authorization",
+        "x-github-api-version",
+        "cookie",
+        "te",
+        "upgrade",
+        "keep-alive",
+        "x-trace",
+        "x-other",
+        "accept-encoding",
+        "host",
+        "if-none-match",
+    ];
+
+    fn headers_strategy() -> impl Strategy<Value = HeaderMap> {
+        let value = prop_oneof![
+            Just("application/vnd.github.raw".to_string()),
+            Just("application/vnd.github+json".to_string()),
+            Just("token abc".to_string()),
+            Just("Bearer abc".to_string()),
+            Just("2022-11-28".to_string()),
+            "[a-z0-9 ]{0,12}",
+        ];
+        let connection =
+            prop::collection::vec(prop::sample::select(NAMES.to_vec()), 0..4).prop_map(|n| n.join(", "));
+        (
+            prop::collection::vec((prop::sample::select(NAMES.to_vec()), value), 0..8),
+            prop::option::of(connection),
+        )
+            .prop_map(|(pairs, connection)| {
+                let mut headers = HeaderMap::new();
+                for (name, value) in pairs {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        headers.append(http::HeaderName::from_static(name), value);
+                    }
+                }
+                if let Some(connection) = connection {
+                    headers.insert(http::header::CONNECTION, HeaderValue::from_str(&connection).unwrap());
+                }
+                headers
+            })
+    }
+
+    proptest! {
+        /// Whatever headers a client sends, once admitted, the cache key and the partition are
+        /// the ones the headers actually sent upstream give: nothing the client sent can key a
+        /// request differently from what GitHub was asked.
+        #[test]
+        fn the_key_and_partition_follow_the_headers_sent_upstream(headers in headers_strategy(), path in "/[a-z0-9/]{1,20}") {
+            let mut admitted = headers.clone();
+            prop_assume!(drop_connection_nominated(&mut admitted).is_ok());
+            let upstream = crate::upstream::request_headers(&admitted);
+            let partitioner = Partitioner::new(b"property-secret");
+            let (seen, sent) = (partitioner.partition(&admitted), partitioner.partition(&upstream));
+            prop_assert_eq!(&seen, &sent);
+            prop_assert_eq!(CacheKey::new(&seen, &path, &admitted), CacheKey::new(&sent, &path, &upstream));
+        }
     }
 }

@@ -198,6 +198,10 @@ pub struct Candidate {
     rule: usize,
     /// `n:<rule>:<owner>:<repo>:<digest>`.
     pub key: String,
+    /// The partition of the credential asking, and the repository it asks about: a shared
+    /// entry is replayed only to credentials that have shown access to that repository.
+    partition: String,
+    repository: Option<String>,
 }
 
 /// A remembered answer.
@@ -215,6 +219,16 @@ struct RuleMetrics {
     stored: Counter,
     hits: Counter,
     canary: Counter,
+    withheld: Counter,
+}
+
+/// How long a credential's shown access to a repository counts (the statuses limit's own
+/// memory is 24 hours).
+const ACCESS_PROOF_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The store key of "this credential has shown access to this repository".
+fn access_key(partition: &str, repository: &str) -> String {
+    format!("w:{partition}:{repository}")
 }
 
 /// The negative cache.
@@ -269,6 +283,7 @@ impl NegativeCache {
                     stored: metrics.labelled_counter("ghgate_negative_stored_total", "rule", name),
                     hits: metrics.labelled_counter("ghgate_negative_hits_total", "rule", name),
                     canary: metrics.labelled_counter("ghgate_negative_canary_total", "rule", name),
+                    withheld: metrics.labelled_counter("ghgate_negative_withheld_total", "rule", name),
                 },
             );
         }
@@ -340,13 +355,57 @@ impl NegativeCache {
             digest.update(value.as_bytes());
         }
         let digest = hex::encode(&digest.finalize()[..12]);
-        Some(Candidate { rule, key: format!("n:{}:{owner}:{repo}:{digest}", r.name) })
+        let repository = (owner != "-" && repo != "-").then(|| format!("{owner}/{repo}"));
+        Some(Candidate {
+            rule,
+            key: format!("n:{}:{owner}:{repo}:{digest}", r.name),
+            partition: partition.to_string(),
+            repository,
+        })
+    }
+
+    /// Records that the credential of `partition` was answered 2xx by GitHub on a request
+    /// about the repository of `path` (nothing for other paths or anonymous requests): it has
+    /// shown access, so shared negative entries of that repository may be replayed to it.
+    pub(crate) async fn note_access(&self, partition: &str, path: &str) {
+        let (owner, repo) = owner_and_repo(path);
+        if owner != "-" && repo != "-" {
+            self.remember_access(partition, &format!("{owner}/{repo}")).await;
+        }
+    }
+
+    async fn remember_access(&self, partition: &str, repository: &str) {
+        if partition == crate::identity::ANONYMOUS {
+            return;
+        }
+        let _ = self.store.put_expiring(&access_key(partition, repository), b"1", ACCESS_PROOF_TTL).await;
+    }
+
+    /// Whether a remembered answer may be given to the candidate's credential: always for a
+    /// per-credential rule (it was that credential's own answer); for a shared rule, only when
+    /// the credential has shown access to the repository — otherwise the entry would tell
+    /// anyone that a private repository, sha and context exist.
+    async fn may_replay(&self, candidate: &Candidate) -> bool {
+        if self.rules[candidate.rule].per_credential {
+            return true;
+        }
+        let Some(repository) = &candidate.repository else { return true };
+        if candidate.partition == crate::identity::ANONYMOUS {
+            return false;
+        }
+        matches!(self.store.get_live(&access_key(&candidate.partition, repository)).await, Ok(Some(_)))
     }
 
     /// The remembered answer for a candidate, counting a hit.
     pub async fn lookup(&self, candidate: &Candidate) -> Option<Remembered> {
         let live = self.store.get_live(&candidate.key).await.ok()??;
         let remembered: Remembered = postcard::from_bytes(&live.payload).ok()?;
+        if !self.may_replay(candidate).await {
+            if let Some(m) = self.metrics.get(&self.rules[candidate.rule].name) {
+                m.withheld.increment(1);
+            }
+            return None;
+        }
         if let Some(m) = self.metrics.get(&self.rules[candidate.rule].name) {
             m.hits.increment(1);
         }
@@ -396,6 +455,10 @@ impl NegativeCache {
             body: body.to_vec(),
         };
         let payload = postcard::to_stdvec(&remembered).expect("encoding to memory cannot fail");
+        // GitHub gave this credential a shared answer itself: it may be given it again.
+        if let Some(repository) = candidate.repository.as_ref().filter(|_| !rule.per_credential) {
+            self.remember_access(&candidate.partition, repository).await;
+        }
         if self.store.put_expiring(&candidate.key, &payload, rule.ttl).await.is_ok() {
             if let Some(m) = metrics {
                 m.stored.increment(1);

@@ -1,6 +1,8 @@
 //! Header parsing: arbitrary request and response header blocks through everything that reads
 //! headers — Accept normalisation, the cache key, rate-limit headers, Link/Location rewriting,
-//! forwarding headers, webhook signatures, CORS. None may panic.
+//! forwarding headers, webhook signatures, CORS, and the admit phase's reading of `Host`,
+//! `Connection` and `Authorization`. None may panic, and once admitted, a request's cache key
+//! is the one the same headers give after admission again (admission is idempotent).
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -42,4 +44,18 @@ fuzz_target!(|data: &[u8]| {
     let _ = ghgate::inbound::client_address("127.0.0.1:9".parse().unwrap(), &request, &trusted, true);
     let _ =
         ghgate::webhook::verify(&["secret".to_string()], request_block, request.get("x-hub-signature-256"));
+
+    // The admit phase: Host, Connection nominations, then the credential's partition.
+    let mut parts = http::Request::get("/repos/octo/hello").body(()).unwrap().into_parts().0;
+    parts.headers = request.clone();
+    if ghgate::inbound::check_request(&parts).is_ok()
+        && ghgate::inbound::drop_connection_nominated(&mut parts.headers).is_ok()
+    {
+        let partitioner = ghgate::identity::Partitioner::new(b"fuzz-secret");
+        let admitted = partitioner.partition(&parts.headers);
+        let key = ghgate::cache::key::CacheKey::new(&admitted, "/repos/octo/hello", &parts.headers);
+        let mut again = parts.headers.clone();
+        assert!(ghgate::inbound::drop_connection_nominated(&mut again).is_ok());
+        assert_eq!(key, ghgate::cache::key::CacheKey::new(&partitioner.partition(&again), "/repos/octo/hello", &again));
+    }
 });

@@ -101,6 +101,11 @@ impl Gateway {
         {
             self.invalidation.after_write(parts.uri.path(), response.headers());
         }
+        if is_unsafe(&parts.method) && response.status().is_success() {
+            // Write access shown: shared negative entries of this repository (the statuses
+            // limit) may be replayed to this credential.
+            self.negative.note_access(caller.partition.as_str(), parts.uri.path()).await;
+        }
         streamed_response(Streamed { response, prefix: Vec::new() }, parts.method == Method::HEAD)
     }
 

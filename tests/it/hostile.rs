@@ -280,3 +280,40 @@ async fn junk_credentials_count_against_their_address_and_refused_ones_are_answe
     // Other credentials are unaffected.
     assert_eq!(gw.get("/repos/octo/hello", Some("good")).await.status(), 200);
 }
+
+/// POSTs a commit status as `token` (or anonymously).
+async fn post_status_as(gw: &support::TestGateway, token: Option<&str>) -> reqwest::Response {
+    let mut r = gw
+        .client
+        .post(format!("{}/repos/octo/private/statuses/0123abcd", gw.url))
+        .header("content-type", "application/json")
+        .body(r#"{"state":"success","context":"ci"}"#);
+    if let Some(t) = token {
+        r = r.header("authorization", format!("token {t}"));
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_statuses_limit_is_replayed_only_to_credentials_that_have_shown_access() {
+    let fake = FakeGitHub::start().await;
+    fake.set_statuses_limit(2, "string");
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    // The CI bot posts until the sha and context are full: its 2xx posts show write access.
+    assert_eq!(post_status_as(&gw, Some("ci-bot")).await.status(), 201);
+    assert_eq!(post_status_as(&gw, Some("ci-bot")).await.status(), 201);
+    assert_eq!(post_status_as(&gw, Some("ci-bot")).await.status(), 422, "GitHub's own 422, remembered");
+    let paid = fake.requests();
+    assert_eq!(outcome(&post_status_as(&gw, Some("ci-bot")).await), "NEGATIVE", "replayed to the bot");
+    assert_eq!(fake.requests(), paid);
+    // Nobody else learns from the gateway that this private repository, sha and context exist:
+    // an anonymous post and a stranger's post go to GitHub (which answers them as it would).
+    assert_ne!(outcome(&post_status_as(&gw, None).await), "NEGATIVE");
+    assert_ne!(outcome(&post_status_as(&gw, Some("stranger")).await), "NEGATIVE");
+    assert_eq!(fake.requests(), paid + 2, "both asked GitHub");
+    assert_eq!(gw.metric("ghgate_negative_withheld_total{rule=\"statuses_limit\"}").await, 2.0);
+    // A credential that GitHub itself gave the 422 has shown access: replayed from then on,
+    // so the fleet still pays one 422 per stuck key and credential, not one per post.
+    assert_eq!(outcome(&post_status_as(&gw, Some("stranger")).await), "NEGATIVE");
+    assert_eq!(fake.requests(), paid + 2);
+}

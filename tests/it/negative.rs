@@ -181,7 +181,15 @@ async fn operator_rules_remember_what_they_describe() {
         });
     })
     .await;
-    let post = || gw.client.post(format!("{}/repos/octo/hello/hooks/7/tests", gw.url)).body("").send();
+    // With a credential: a shared entry is replayed only to credentials that have shown
+    // access to the repository (here, by getting the remembered answer from GitHub itself).
+    let post = || {
+        gw.client
+            .post(format!("{}/repos/octo/hello/hooks/7/tests", gw.url))
+            .header("authorization", "token maintainer")
+            .body("")
+            .send()
+    };
     fake.answer_next(404, r#"{"message":"Hook not found"}"#);
     assert_eq!(post().await.unwrap().status(), 404);
     let r = post().await.unwrap();
