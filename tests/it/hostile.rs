@@ -6,7 +6,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use support::app::{add_app, client, fake_with_app};
 use support::{FakeGitHub, Resource, outcome, start_gateway};
@@ -70,6 +70,16 @@ async fn a_connection_header_naming_a_keyed_header_cannot_poison_the_cache() {
     assert!(!upstream_saw(&fake, "secret-hop-value"), "a nominated header never goes upstream");
 }
 
+/// GET /repos/octo/hello with this `Authorization` value, as written.
+async fn get_as(gw: &support::TestGateway, authorization: &str) -> reqwest::Response {
+    gw.client
+        .get(format!("{}/repos/octo/hello", gw.url))
+        .header("authorization", authorization)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_client_key_is_never_sent_upstream_whatever_its_scheme_spelling() {
     let fake = fake_with_app().await;
@@ -88,14 +98,7 @@ async fn a_client_key_is_never_sent_upstream_whatever_its_scheme_spelling() {
         format!("Token   {key}"),
         format!("  token {key}  "),
     ] {
-        let r = gw
-            .client
-            .get(format!("{}/repos/octo/hello", gw.url))
-            .header("authorization", &value)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{value:?} is the client key, in any spelling");
+        assert_eq!(get_as(&gw, &value).await.status(), 200, "{value:?} is the client key, in any spelling");
     }
     for value in [
         format!("BEARER {unknown}"),
@@ -103,14 +106,11 @@ async fn a_client_key_is_never_sent_upstream_whatever_its_scheme_spelling() {
         unknown.to_string(),
         format!("Basic {unknown}"),
     ] {
-        let r = gw
-            .client
-            .get(format!("{}/repos/octo/hello", gw.url))
-            .header("authorization", &value)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401, "{value:?} looks like a client key: refused here");
+        assert_eq!(
+            get_as(&gw, &value).await.status(),
+            401,
+            "{value:?} looks like a client key: refused here"
+        );
     }
     assert!(!upstream_saw(&fake, "ghgate_"), "no client key, known or not, reached GitHub");
 }
@@ -168,15 +168,6 @@ async fn encoded_slashes_around_dot_segments_are_refused() {
     assert_ne!(fine.status(), 400, "an encoded slash alone is fine");
 }
 
-/// Sends `request` as written and reads the whole answer (the gateway closes after it).
-async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).to_string()
-}
-
 #[tokio::test]
 async fn links_never_point_at_the_upstream_whatever_the_host_header_says() {
     let fake = FakeGitHub::start().await;
@@ -186,11 +177,12 @@ async fn links_never_point_at_the_upstream_whatever_the_host_header_says() {
     let path = "/repos/octo/hello/issues?page=2";
     for host in ["user@evil.example", "evil.example/x?", "gw.example:70000"] {
         let answer =
-            raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await;
+            support::raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+                .await;
         assert!(answer.starts_with("HTTP/1.1 400"), "Host {host:?} is refused: {answer}");
     }
     // No Host at all (HTTP/1.0): the links name the listener the client reached.
-    let answer = raw(addr, &format!("GET {path} HTTP/1.0\r\n\r\n")).await;
+    let answer = support::raw(addr, &format!("GET {path} HTTP/1.0\r\n\r\n")).await;
     assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
     let link = answer.lines().find(|l| l.to_ascii_lowercase().starts_with("link:")).expect("a Link header");
     assert!(link.contains(&format!("http://{addr}/repos/octo/hello/issues?page=3")), "{link}");

@@ -8,13 +8,7 @@ use std::time::Duration;
 use support::{FakeGitHub, Resource, outcome, start_gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).to_string()
-}
+use support::raw;
 
 #[tokio::test]
 async fn malformed_requests_get_an_error_and_the_gateway_keeps_serving() {

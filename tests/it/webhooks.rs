@@ -163,14 +163,7 @@ async fn with_two_replicas_on_redis_both_drop_the_entry() {
     let redis = support::RedisServer::start();
     let fake = FakeGitHub::start().await;
     fake.put("/repos/octo/hello", Resource::json("{}"));
-    let url = redis.url();
-    let shared = move |s: &mut ghgate::config::Settings| {
-        with_webhooks(s);
-        s.store.backend = ghgate::config::StoreBackend::Redis;
-        s.store.redis_url = Some(url.clone());
-    };
-    let a = start_gateway(&fake.url(), &shared).await;
-    let b = start_gateway(&fake.url(), &shared).await;
+    let (a, b) = two_replicas(&fake, &redis).await;
     gw_warm(&a).await;
     gw_warm(&b).await;
     let body = payload("push");
@@ -188,6 +181,17 @@ async fn with_two_replicas_on_redis_both_drop_the_entry() {
             .any(|e| e["what"] == "from another replica: repo octo/hello"),
         "{status}"
     );
+}
+
+/// Two gateways with the webhook receiver on, sharing `redis`.
+async fn two_replicas(fake: &FakeGitHub, redis: &support::RedisServer) -> (TestGateway, TestGateway) {
+    let url = redis.url();
+    let shared = move |s: &mut ghgate::config::Settings| {
+        with_webhooks(s);
+        s.store.backend = ghgate::config::StoreBackend::Redis;
+        s.store.redis_url = Some(url.clone());
+    };
+    (start_gateway(&fake.url(), &shared).await, start_gateway(&fake.url(), &shared).await)
 }
 
 async fn gw_warm(gw: &TestGateway) {
@@ -214,14 +218,7 @@ async fn a_replayed_delivery_changes_nothing_here_or_on_another_replica() {
     let redis = support::RedisServer::start();
     let fake = FakeGitHub::start().await;
     fake.put("/repos/octo/hello", Resource::json("{}"));
-    let url = redis.url();
-    let shared = move |s: &mut ghgate::config::Settings| {
-        with_webhooks(s);
-        s.store.backend = ghgate::config::StoreBackend::Redis;
-        s.store.redis_url = Some(url.clone());
-    };
-    let a = start_gateway(&fake.url(), &shared).await;
-    let b = start_gateway(&fake.url(), &shared).await;
+    let (a, b) = two_replicas(&fake, &redis).await;
     assert_eq!(deliver_with_id(&a, "72d3162e-cc78-11e3-81ab-4c9367dc0958").await.status(), 202);
     tokio::time::sleep(Duration::from_millis(1600)).await;
     // Both replicas have marked the repository; entries fetched from now on are fresh.

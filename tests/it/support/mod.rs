@@ -114,3 +114,14 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 pub fn outcome(r: &reqwest::Response) -> String {
     r.headers().get("x-ghgate-cache").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
+
+/// Sends `request` to `addr` exactly as written and reads the whole answer (up to 3 s): for
+/// requests no HTTP client would send.
+pub async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
