@@ -181,7 +181,7 @@ impl ClientKeys {
 /// after any scheme (`token`, `Bearer`, `BEARER`, even `Basic`), with any whitespace, starts
 /// with `ghgate_`. Such a value is never forwarded: a known key acts as its app, an unknown
 /// one is refused here.
-fn presented_key(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn presented_key(value: &[u8]) -> Option<&[u8]> {
     let (_, credential) = crate::identity::split_scheme(value);
     credential.starts_with(CLIENT_KEY_PREFIX.as_bytes()).then_some(credential)
 }

@@ -138,21 +138,21 @@ impl Installations {
         target: &Target,
         flight: (String, String),
     ) -> Result<LookedUp, Rejection> {
-        let asked = target_key(target);
-        let job = LookupJob {
-            store: self.stored_lookups(app, &asked),
-            upstream: self.upstream.clone(),
-            app: Arc::clone(app),
-            paths: lookup_paths(target),
-            metrics: Arc::clone(&self.metrics),
-        };
-        let lock = ReplicaLock {
-            backend: self.backend.clone(),
-            key: format!("lock:{}", job.store.asked_key),
-            hold: self.hold,
-            wait: self.wait,
-        };
-        let (flight, _) = self.flights.join(flight, move || {
+        // The job is built only by the request that starts the flight.
+        let (flight, _) = self.flights.join(flight, || {
+            let job = LookupJob {
+                store: self.stored_lookups(app, &target_key(target)),
+                upstream: self.upstream.clone(),
+                app: Arc::clone(app),
+                paths: lookup_paths(target),
+                metrics: Arc::clone(&self.metrics),
+            };
+            let lock = ReplicaLock {
+                backend: self.backend.clone(),
+                key: format!("lock:{}", job.store.asked_key),
+                hold: self.hold,
+                wait: self.wait,
+            };
             async move {
                 // What another replica (or an earlier run) found, first.
                 if let Some(found) = job.store.load().await {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tracing::info;
 
+pub(crate) use clients::presented_key;
 pub use clients::{AppRequest, INSTALLATION_HEADER, Identity, Permissions, Target, generate_client_key};
 pub use jwt::AppSigner;
 pub use retry::{Next, TokenRetry, validators_for_token};

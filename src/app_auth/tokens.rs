@@ -133,20 +133,21 @@ impl Tokens {
             self.metrics.app.token_hits.increment(1);
             return Ok(token);
         }
-        let job = MintJob {
-            store: self.stored(&key),
-            upstream: self.upstream.clone(),
-            auth: auth.clone(),
-            metrics: Arc::clone(&self.metrics),
-        };
-        let lock = ReplicaLock {
-            backend: self.backend.clone(),
-            key: format!("lock:{}", job.store.key),
-            hold: self.hold,
-            wait: self.wait,
-        };
-        let cache = self.cache.clone();
-        let (flight, _) = self.mints.join(key.clone(), move || {
+        // The job is built only by the request that starts the mint.
+        let (flight, _) = self.mints.join(key.clone(), || {
+            let job = MintJob {
+                store: self.stored(&key),
+                upstream: self.upstream.clone(),
+                auth: auth.clone(),
+                metrics: Arc::clone(&self.metrics),
+            };
+            let lock = ReplicaLock {
+                backend: self.backend.clone(),
+                key: format!("lock:{}", job.store.key),
+                hold: self.hold,
+                wait: self.wait,
+            };
+            let cache = self.cache.clone();
             async move {
                 // A token another replica (or an earlier run) minted, first.
                 if let Some(token) = job.store.load().await {
