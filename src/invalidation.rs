@@ -179,7 +179,12 @@ impl Invalidation {
 
     /// `POST /_ghgate/webhook`: checks that the receiver is configured, the size and the
     /// signature; a refusal is GitHub-shaped, counted and (for a bad signature) logged.
-    pub async fn receive_webhook(&self, headers: &HeaderMap, body: Body) -> Result<Delivery, Response> {
+    /// `None`: a replayed delivery, to be accepted with nothing applied.
+    pub async fn receive_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Option<Delivery>, Response> {
         let settings = &self.webhooks;
         let metrics = &self.metrics;
         if settings.secrets.is_empty() {
@@ -225,7 +230,7 @@ impl Invalidation {
             if self.seen_before(id).await {
                 // Its effects were applied when it first came: a replay changes nothing.
                 metrics.webhook("replayed").increment(1);
-                return Err(accepted());
+                return Ok(None);
             }
         }
         metrics.webhook("accepted").increment(1);
@@ -238,7 +243,7 @@ impl Invalidation {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        Ok(Delivery { event, payload })
+        Ok(Some(Delivery { event, payload }))
     }
 
     /// Whether a delivery with this `X-GitHub-Delivery` id came in the last hour — here, or

@@ -196,16 +196,19 @@ impl Gateway {
 
     /// `POST /_ghgate/webhook`: checked, answered 202 at once, applied afterwards.
     async fn receive_webhook(self: &Arc<Self>, ctx: &RequestCtx, body: Body) -> Response {
-        let delivery = match self.invalidation.receive_webhook(&ctx.parts.headers, body).await {
-            Ok(delivery) => delivery,
-            Err(refusal) => return refusal,
-        };
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            for effect in delivery.effects() {
-                me.invalidation.apply_webhook(&delivery.event, effect, &me.broker).await;
+        match self.invalidation.receive_webhook(&ctx.parts.headers, body).await {
+            Ok(Some(delivery)) => {
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    for effect in delivery.effects() {
+                        me.invalidation.apply_webhook(&delivery.event, effect, &me.broker).await;
+                    }
+                });
             }
-        });
+            // A replay: its effects were applied when it first came.
+            Ok(None) => {}
+            Err(refusal) => return refusal,
+        }
         crate::invalidation::accepted()
     }
 
