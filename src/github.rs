@@ -64,6 +64,17 @@ pub fn normalize_accept(accept: Option<&HeaderValue>) -> String {
     if compact.split(',').all(is_default) { String::new() } else { compact }
 }
 
+/// The `Accept` that goes upstream with a cacheable read: the normalised form the cache key
+/// holds, with every spelling of default JSON sent as [`DEFAULT_MEDIA_TYPE`]. GitHub's ETag
+/// covers the exact value, so one key must mean one spelling upstream.
+pub(crate) fn canonical_accept(accept: Option<&HeaderValue>) -> HeaderValue {
+    let normalized = normalize_accept(accept);
+    if normalized.is_empty() {
+        return HeaderValue::from_static(DEFAULT_MEDIA_TYPE);
+    }
+    HeaderValue::from_str(&normalized).unwrap_or(HeaderValue::from_static(DEFAULT_MEDIA_TYPE))
+}
+
 /// The rate-limit state GitHub reported for one credential and resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {

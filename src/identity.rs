@@ -114,6 +114,22 @@ pub(crate) fn split_scheme(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
     }
 }
 
+/// The spelling of `Authorization` that goes upstream with a cacheable read: `Bearer X` for
+/// every spelling of a token (`token X`, `BEARER  X`, ...), since they are one partition and
+/// GitHub's ETag covers the exact value (see `cache::etag`); other values as they are.
+pub(crate) fn canonical_authorization(value: &http::HeaderValue) -> Option<http::HeaderValue> {
+    let (Some(scheme), credential) = split_scheme(value.as_bytes()) else { return None };
+    if !is_token_scheme(scheme) || credential.is_empty() {
+        return None;
+    }
+    let mut spelled = Vec::with_capacity(7 + credential.len());
+    spelled.extend_from_slice(b"Bearer ");
+    spelled.extend_from_slice(credential);
+    let mut canonical = http::HeaderValue::from_bytes(&spelled).ok()?;
+    canonical.set_sensitive(true);
+    Some(canonical)
+}
+
 /// `token` and `Bearer`, in any case: the same credential to GitHub.
 pub(crate) fn is_token_scheme(scheme: &[u8]) -> bool {
     scheme.eq_ignore_ascii_case(b"token") || scheme.eq_ignore_ascii_case(b"bearer")

@@ -90,10 +90,31 @@ pub struct Metrics {
     pub(crate) queue_overflows: Counter,
     /// `ghgate_negative_canaries_total`: all rules' canaries together, for one alert.
     pub(crate) negative_canaries: Counter,
+    /// `ghgate_etag_algorithm_total{result="match"|"mismatch"}`: 200s whose ETag was (not) the
+    /// one GitHub's known rule gives (see `cache::etag`).
+    pub(crate) etag_algorithm: EtagResults,
+    /// `ghgate_etag_algorithm_trusted`: 1 while computed validators may cross partitions.
+    pub(crate) etag_rule_trusted: Gauge,
+    /// `ghgate_shared_revalidations_total`: 304s that confirmed a body held for another
+    /// partition (a unit the fleet did not spend).
+    pub(crate) shared_revalidations: Counter,
     /// The GitHub App broker's metrics.
     pub(crate) app: AppMetrics,
     /// Per-minute history and recent events, for the status page.
     pub(crate) activity: crate::activity::Activity,
+}
+
+/// `ghgate_etag_algorithm_total` by result.
+pub(crate) struct EtagResults {
+    matched: Counter,
+    mismatched: Counter,
+}
+
+impl EtagResults {
+    /// The counter of one result.
+    pub(crate) fn get(&self, matched: bool) -> &Counter {
+        if matched { &self.matched } else { &self.mismatched }
+    }
 }
 
 /// Metrics of the GitHub App broker.
@@ -258,6 +279,29 @@ impl Metrics {
                 "ghgate_store_max_bytes",
                 Some(Unit::Bytes),
                 "Configured upper bound of the response store.",
+            ),
+            etag_algorithm: {
+                r.describe_counter(
+                    "ghgate_etag_algorithm_total".into(),
+                    None,
+                    "200 answers whose ETag matched (or not) SHA-256 over Accept, Authorization, Cookie and body.".into(),
+                );
+                let result = |value: &'static str| {
+                    r.register_counter(
+                        &Key::from_parts("ghgate_etag_algorithm_total", vec![Label::new("result", value)]),
+                        &METADATA,
+                    )
+                };
+                EtagResults { matched: result("match"), mismatched: result("mismatch") }
+            },
+            etag_rule_trusted: gauge(
+                "ghgate_etag_algorithm_trusted",
+                None,
+                "1 while GitHub's ETags follow the known rule and computed validators cross credentials.",
+            ),
+            shared_revalidations: counter(
+                "ghgate_shared_revalidations_total",
+                "Free 304s that confirmed a body held for another credential (units the fleet did not spend).",
             ),
             negative_canaries: counter(
                 "ghgate_negative_canaries_total",

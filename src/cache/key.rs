@@ -40,6 +40,13 @@ impl CacheKey {
         }
         CacheKey { key, path_key: path_key(path_and_query) }
     }
+
+    /// The key without its partition: path, query, `Accept` and API version. Entries of
+    /// different partitions with one variant hold GitHub's answers to the same request, made
+    /// with different credentials (see `cache::etag`).
+    pub(crate) fn variant(&self) -> &str {
+        self.key.split_once('\n').map_or("", |(_, rest)| rest)
+    }
 }
 
 /// The invalidation key of a path: no query, lowercase (GitHub owners and repositories are

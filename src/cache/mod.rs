@@ -3,6 +3,7 @@
 //! rules lives in [`crate::pipeline`].
 
 pub(crate) mod entry;
+pub(crate) mod etag;
 pub mod key;
 pub(crate) mod policy;
 

@@ -515,6 +515,10 @@ pub struct CacheSettings {
     pub bypass_paths: Vec<String>,
     /// Per-path freshness overrides; the first matching rule wins.
     pub rules: Vec<FreshnessRule>,
+    /// Compute GitHub's ETag for bodies already held (by any credential) and offer them on
+    /// misses and revalidations, so one credential's fetch makes the fleet's next reads free
+    /// 304s (see `cache::etag`). Off: only an entry's own stored validators are sent.
+    pub computed_validators: bool,
 }
 
 impl Default for CacheSettings {
@@ -528,6 +532,7 @@ impl Default for CacheSettings {
             stale_if_error: Duration::from_secs(300),
             bypass_paths: vec!["/rate_limit".into(), "/graphql".into()],
             rules: Vec::new(),
+            computed_validators: true,
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use futures::FutureExt;
-use http::header::{CONTENT_LENGTH, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use tracing::warn;
 
@@ -18,10 +18,12 @@ use super::finish::{send_error_response, streamed_response};
 use super::send::{Outgoing, SendBody, SendError};
 use super::storing::{Stored, detach_headers};
 use super::{Caller, Gateway, RequestCtx};
+use crate::cache::etag::{self, Conditional, Verdict};
 use crate::cache::policy;
 use crate::cache::{CacheKey, CachedResponse, Outcome};
 use crate::coalesce::Role;
 use crate::github;
+use crate::identity;
 use crate::negative::Candidate;
 use crate::store::{ReplicaLock, ReplicaWork, ResponseCache};
 use crate::upstream::{self, UpstreamError};
@@ -86,6 +88,8 @@ pub(super) struct FillRequest {
     pub prior: Option<Arc<CachedResponse>>,
     /// The negative-cache entry a 404/410 answer would be remembered under.
     pub negative: Option<Candidate>,
+    /// Send no validators of ghgate's own (a retry after an ambiguous 304).
+    pub plain: bool,
 }
 
 impl Gateway {
@@ -151,6 +155,16 @@ impl Gateway {
         let mut headers = upstream::request_headers(&ctx.parts.headers);
         headers.remove(CONTENT_LENGTH);
         headers.remove(http::header::CONTENT_TYPE);
+        let clients_own = headers.contains_key(IF_NONE_MATCH) || headers.contains_key(IF_MODIFIED_SINCE);
+        if prior.is_some() || !clients_own {
+            // One key, one spelling upstream: GitHub's ETag covers the exact values. (A client's
+            // own validators go with its own spelling, which GitHub computed them for.)
+            let accept = github::canonical_accept(headers.get(ACCEPT));
+            headers.insert(ACCEPT, accept);
+            if let Some(canonical) = headers.get(AUTHORIZATION).and_then(identity::canonical_authorization) {
+                headers.insert(AUTHORIZATION, canonical);
+            }
+        }
         if prior.is_some() {
             headers.remove(IF_NONE_MATCH);
             headers.remove(IF_MODIFIED_SINCE);
@@ -163,6 +177,7 @@ impl Gateway {
             headers,
             prior,
             negative: None,
+            plain: false,
         }
     }
 
@@ -199,27 +214,51 @@ impl Gateway {
         usable.then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
     }
 
-    /// Fetches from upstream (conditionally when there is a prior entry) and stores what may
-    /// be stored. Runs in its own task; its result is shared by coalesced callers.
+    /// The validators a fill offers: its own entry's, and — with computed validators on and
+    /// the canary content — the bodies other partitions hold for the same variant. A request
+    /// carrying the client's own validators offers nothing else.
+    async fn conditional_for(&self, request: &FillRequest) -> Option<Conditional> {
+        if request.plain {
+            return None;
+        }
+        let compute = self.settings.cache.computed_validators;
+        let mut conditional = Conditional::own(request.prior.clone(), compute);
+        let clients_own =
+            request.headers.contains_key(IF_NONE_MATCH) || request.headers.contains_key(IF_MODIFIED_SINCE);
+        if compute && !clients_own && self.etag_canary.trusted() {
+            for holder in self.siblings.of(request.key.variant()).await {
+                if holder.key == request.key.key {
+                    continue;
+                }
+                // A store failure is a miss here too; the backend has counted and logged it.
+                let Ok(Some(entry)) = self.responses.get(&holder.key).await else { continue };
+                if entry.status == StatusCode::OK {
+                    conditional.siblings.push(entry);
+                }
+            }
+        }
+        (!conditional.is_empty()).then_some(conditional)
+    }
+
+    /// Fetches from upstream (conditionally when there is a prior entry, or bodies held for
+    /// other partitions) and stores what may be stored. Runs in its own task; its result is
+    /// shared by coalesced callers.
     async fn fetch(self: Arc<Self>, request: FillRequest) -> Fill {
         let prior = request.prior.clone();
         let url = match self.upstream.url_for(&request.path_and_query) {
             Ok(url) => url,
             Err(e) => return Fill::Failed(Arc::new(SendError::Upstream(UpstreamError::Unreachable(e)))),
         };
-        let mut headers = request.headers.clone();
-        if let Some(prior) = &prior {
-            if let Some(etag) = prior.etag() {
-                headers.insert(IF_NONE_MATCH, etag.clone());
-            }
-            if let Some(modified) = prior.last_modified() {
-                headers.insert(IF_MODIFIED_SINCE, modified.clone());
-            }
-        }
-        let outgoing = Outgoing { method: Method::GET, url, headers, body: SendBody::None };
+        let conditional = self.conditional_for(&request).await;
+        let outgoing = Outgoing {
+            method: Method::GET,
+            url,
+            headers: request.headers.clone(),
+            body: SendBody::None,
+            conditional: conditional.clone(),
+        };
         let prior_tag = prior.as_ref().and_then(|p| p.credential_tag);
-        let (response, credential_tag) = match self.send_upstream(&request.caller, outgoing, prior_tag).await
-        {
+        let (response, sent) = match self.send_upstream(&request.caller, outgoing, prior_tag).await {
             Ok(answer) => answer,
             Err(SendError::Upstream(error)) => {
                 warn!(%error, path = %request.path, "upstream request failed");
@@ -228,13 +267,14 @@ impl Gateway {
             }
             Err(refused) => return Fill::Failed(Arc::new(refused)),
         };
+        let credential_tag = sent.credential_tag;
         let status = response.status();
         if status == StatusCode::OK
             && prior
                 .as_ref()
                 .is_some_and(|p| p.credential_tag.is_some() && p.credential_tag != credential_tag)
         {
-            // GitHub ties ETags to the token: after a rotation this one was paid.
+            // After a rotation this one was paid (computed validators make it rare).
             self.metrics.app.rotation_refreshes.increment(1);
         }
         let mut response_headers = response.headers().clone();
@@ -242,7 +282,7 @@ impl Gateway {
         policy::merge_vary(&mut response_headers);
 
         if status == StatusCode::NOT_MODIFIED {
-            let Some(prior) = prior else {
+            let Some(conditional) = conditional else {
                 // The client's own validators matched: a bodiless 304 for it alone.
                 return Fill::Complete(Arc::new(Answer {
                     status,
@@ -252,13 +292,35 @@ impl Gateway {
                     entry: None,
                 }));
             };
-            // Only the 304's own headers need copying out of the connection's buffers.
-            let merged = policy::merge_not_modified(&prior.headers, &detach_headers(&response_headers));
-            let refreshed = Stored::Refreshed { headers: merged, body: prior.body.clone() };
-            let entry = match self.store(&request, prior.status, refreshed, credential_tag).await {
-                Some(entry) => entry,
-                None => Arc::new(CachedResponse { response_time: SystemTime::now(), ..(*prior).clone() }),
+            let Some(confirmed) = conditional.confirmed(&sent.offers, &response_headers) else {
+                // GitHub confirmed one of several bodies without saying which: ask plainly.
+                warn!(path = %request.path, "a 304 named none of the bodies offered; fetching in full");
+                let plain = FillRequest { prior: None, plain: true, ..request };
+                return Box::pin(self.fetch(plain)).await;
             };
+            let adopted = !prior.as_ref().is_some_and(|p| Arc::ptr_eq(p, &confirmed));
+            let base_headers = if adopted {
+                self.metrics.shared_revalidations.increment(1);
+                etag::without_credential_headers(&confirmed.headers)
+            } else {
+                confirmed.headers.clone()
+            };
+            // Only the 304's own headers need copying out of the connection's buffers.
+            let merged = policy::merge_not_modified(&base_headers, &detach_headers(&response_headers));
+            let refreshed = Stored::Refreshed { headers: merged.clone(), body: confirmed.body.clone() };
+            let entry = match self.store(&request, confirmed.status, refreshed, credential_tag).await {
+                Some(entry) => entry,
+                None => Arc::new(CachedResponse {
+                    headers: merged,
+                    response_time: SystemTime::now(),
+                    credential_tag,
+                    ..(*confirmed).clone()
+                }),
+            };
+            if entry.status == StatusCode::OK {
+                let keep_for = entry.time_to_keep(SystemTime::now());
+                self.siblings.record(request.key.variant(), &request.key.key, &entry.body, keep_for).await;
+            }
             return Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Revalidated)));
         }
         if status.is_server_error() {
@@ -304,8 +366,15 @@ impl Gateway {
                 self.negative.consider(candidate, status, &response_headers, &body).await;
             }
         }
+        if status == StatusCode::OK {
+            self.check_etag_rule(&sent.basis, &body, response_headers.get(http::header::ETAG));
+        }
         let fetched = Stored::Fetched { headers: &response_headers, body: &body };
         let entry = self.store(&request, status, fetched, credential_tag).await;
+        if let Some(entry) = entry.as_ref().filter(|e| e.status == StatusCode::OK) {
+            let keep_for = entry.time_to_keep(SystemTime::now());
+            self.siblings.record(request.key.variant(), &request.key.key, &entry.body, keep_for).await;
+        }
         if entry.is_none() && prior.is_some() {
             // A newer answer that may not be stored replaces the old one: forget it. (A
             // backend failure here is counted and logged by the backend.)
@@ -318,6 +387,29 @@ impl Gateway {
             outcome: Outcome::Miss,
             entry,
         }))
+    }
+}
+
+impl Gateway {
+    /// The canary of GitHub's ETag rule: counts whether it held for this answer, and says so
+    /// when the verdict changes (computed validators stop or resume crossing partitions).
+    fn check_etag_rule(&self, basis: &etag::EtagBasis, body: &[u8], etag: Option<&http::HeaderValue>) {
+        let Some((matched, verdict)) = self.etag_canary.observe(basis, body, etag) else { return };
+        self.metrics.etag_algorithm.get(matched).increment(1);
+        match verdict {
+            Verdict::Distrusted => {
+                self.metrics.etag_rule_trusted.set(0.0);
+                warn!(
+                    "GitHub's ETags no longer match SHA-256 over Accept, Authorization, Cookie and body; \
+                     computed validators stop crossing credentials until they do again"
+                );
+            }
+            Verdict::Trusted => {
+                self.metrics.etag_rule_trusted.set(1.0);
+                tracing::info!("GitHub's ETags match the known rule again; computed validators resume");
+            }
+            Verdict::Unchanged => {}
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub(crate) use context::{Caller, RequestCtx, UpstreamAuth};
 
 use crate::app_auth::{Broker, Identity, Rejection};
 use crate::cache::Outcome;
+use crate::cache::etag::Canary;
 use crate::cache::policy::FreshnessPolicy;
 use crate::coalesce::Coalescer;
 use crate::config::Settings;
@@ -49,7 +50,7 @@ use crate::invalidation::Invalidation;
 use crate::limits::{Budgets, Lanes};
 use crate::negative::NegativeCache;
 use crate::rewrite;
-use crate::store::{self, ResponseCache, Stores};
+use crate::store::{self, ResponseCache, Siblings, Stores};
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
 use fill::Fill;
@@ -64,6 +65,10 @@ pub struct Gateway {
     broker: Broker,
     policy: FreshnessPolicy,
     responses: ResponseCache,
+    /// Which partitions hold bodies of each variant, for computed validators.
+    siblings: Siblings,
+    /// Whether GitHub's ETags still follow the rule computed validators rely on.
+    etag_canary: Canary,
     invalidation: Invalidation,
     negative: Arc<NegativeCache>,
     /// The rate-limit ledger per identity and resource, and the holds after secondary limits.
@@ -107,6 +112,7 @@ impl Gateway {
         let public_url =
             settings.server.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());
         metrics.store_max_bytes.set(settings.cache.max_bytes as f64);
+        metrics.etag_rule_trusted.set(1.0);
         Ok(Arc::new(Gateway {
             inbound: Inbound::new(&settings, Arc::clone(&metrics)),
             partitioner: Partitioner::new(secret),
@@ -120,6 +126,8 @@ impl Gateway {
             upstream,
             upstream_base: rewrite::base_of(&settings.upstream.url),
             public_url,
+            siblings: Siblings::new(stores.backend.clone()),
+            etag_canary: Canary::default(),
             responses: stores.responses,
             metrics,
             settings,

@@ -81,7 +81,7 @@ impl Gateway {
             (ClientBody::Unread(body), _) => SendBody::Stream(limit_body(body, max_body, &over_limit)),
         };
         let headers = upstream::request_headers(&parts.headers);
-        let outgoing = Outgoing { method: parts.method.clone(), url, headers, body };
+        let outgoing = Outgoing { method: parts.method.clone(), url, headers, body, conditional: None };
         let response = match self.send_upstream(caller, outgoing, None).await {
             Ok((response, _)) => response,
             Err(_) if over_limit.load(Ordering::Relaxed) => {

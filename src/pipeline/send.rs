@@ -10,6 +10,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 use super::{Caller, Gateway, UpstreamAuth};
 use crate::app_auth::{self, Next, Rejection};
+use crate::cache::etag::{Conditional, EtagBasis, Offer};
 use crate::identity::Partition;
 use crate::upstream::UpstreamError;
 
@@ -48,6 +49,19 @@ pub(super) struct Outgoing {
     pub url: url::Url,
     pub headers: HeaderMap,
     pub body: SendBody,
+    /// The validators of a conditional fill, set once the credential is known (GitHub's
+    /// ETags depend on it).
+    pub conditional: Option<Conditional>,
+}
+
+/// What was sent with the request GitHub answered.
+pub(super) struct Sent {
+    /// Fingerprint of the installation token used, if any.
+    pub credential_tag: Option<u64>,
+    /// The header values GitHub's ETag covers, as sent.
+    pub basis: EtagBasis,
+    /// The computed ETags offered in `If-None-Match`.
+    pub offers: Vec<Offer>,
 }
 
 /// Why there is no upstream answer: GitHub failed, or the broker refused first.
@@ -60,14 +74,14 @@ impl Gateway {
     /// Sends one request upstream with the caller's credential, counting the answer and
     /// recording its rate-limit headers. For an app identity the broker's retry policy runs
     /// (see [`app_auth::TokenRetry`]); `prior_tag` is the token fingerprint of the entry being
-    /// revalidated, if any. Returns the fingerprint of the token used, if any.
+    /// revalidated, if any.
     pub(super) async fn send_upstream(
         &self,
         caller: &Caller,
         request: Outgoing,
         prior_tag: Option<u64>,
-    ) -> Result<(reqwest::Response, Option<u64>), SendError> {
-        let Outgoing { method, url, headers, mut body } = request;
+    ) -> Result<(reqwest::Response, Sent), SendError> {
+        let Outgoing { method, url, headers, mut body, conditional } = request;
         // Politeness: this identity's turn (held until the answer's headers arrive).
         let _turn = match self.lanes.enter(&caller.partition, is_unsafe(&method)).await {
             Ok(permit) => permit,
@@ -80,23 +94,30 @@ impl Gateway {
             }
         };
         let UpstreamAuth::App(auth) = &caller.auth else {
+            let mut headers = headers;
+            let (basis, offers) = with_validators(&mut headers, conditional.as_ref());
             let (body, _) = body.take();
             let result = self.upstream.send(method, url, headers, body).await;
             let response = self.account(&caller.partition, result)?;
             self.inbound.record_credential(&caller.partition, response.status());
-            return Ok((response, None));
+            return Ok((response, Sent { credential_tag: None, basis, offers }));
         };
         let mut retry = self.broker.retry(auth);
         loop {
             let token = retry.token().await.map_err(SendError::Broker)?;
             let mut headers = headers.clone();
             headers.insert(http::header::AUTHORIZATION, token.authorization());
-            app_auth::validators_for_token(&mut headers, prior_tag, &token);
+            let (basis, offers) = with_validators(&mut headers, conditional.as_ref());
+            if !conditional.as_ref().is_some_and(|c| c.compute) {
+                app_auth::validators_for_token(&mut headers, prior_tag, &token);
+            }
             let (send_body, replayable) = body.take();
             let result = self.upstream.send(method.clone(), url.clone(), headers, send_body).await;
             let response = self.account(&caller.partition, result)?;
             match retry.judge(&token, response, replayable).await {
-                Next::Answer(response) => return Ok((response, Some(token.tag))),
+                Next::Answer(response) => {
+                    return Ok((response, Sent { credential_tag: Some(token.tag), basis, offers }));
+                }
                 Next::Retry => continue,
             }
         }
@@ -120,6 +141,14 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Sets a conditional fill's validators on a request whose credential is final, and returns
+/// what GitHub's ETag of the answer will be computed over, with the ETags offered.
+fn with_validators(headers: &mut HeaderMap, conditional: Option<&Conditional>) -> (EtagBasis, Vec<Offer>) {
+    let basis = EtagBasis::of(headers);
+    let offers = conditional.map(|c| c.apply(&basis, headers)).unwrap_or_default();
+    (basis, offers)
 }
 
 /// Whether a method may change something upstream (RFC 9110 §9.2.1).

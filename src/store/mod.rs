@@ -10,6 +10,7 @@ mod failures;
 mod memory;
 mod redis;
 mod sealed;
+mod siblings;
 mod tiered;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ pub use disk::DiskStore;
 pub use memory::MemoryStore;
 pub(crate) use redis::RedisStore;
 pub(crate) use sealed::Sealer;
+pub(crate) use siblings::Siblings;
 pub(crate) use tiered::ResponseCache;
 
 use crate::config::{Settings, StoreBackend};

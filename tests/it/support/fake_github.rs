@@ -26,7 +26,7 @@ pub struct Resource {
     pub json: String,
     /// Other representations by media-type fragment (`diff`, `raw`, ...).
     pub variants: HashMap<String, String>,
-    /// Bumped on every change; part of the ETag.
+    /// Bumped on every change.
     pub version: u64,
     /// Tokens that may see it; `None` means everyone, anonymous included.
     pub visible_to: Option<Vec<String>>,
@@ -38,6 +38,8 @@ pub struct Resource {
     pub cache_control: Option<String>,
     /// Strong instead of weak ETag.
     pub strong_etag: bool,
+    /// Bodies some tokens get instead of `json` (GitHub's answers can differ per credential).
+    pub per_token: HashMap<String, String>,
 }
 
 impl Resource {
@@ -52,7 +54,14 @@ impl Resource {
             send_last_modified: true,
             cache_control: None,
             strong_etag: false,
+            per_token: HashMap::new(),
         }
+    }
+
+    /// `token` gets `json` instead of the resource's usual body.
+    pub fn body_for(mut self, token: &str, json: &str) -> Self {
+        self.per_token.insert(token.to_string(), json.to_string());
+        self
     }
 
     /// Only these tokens may see it; others get 404, as GitHub answers for private repos.
@@ -118,6 +127,8 @@ struct Inner {
     log: Vec<(Method, String, HeaderMap)>,
     /// The GitHub App side, once enabled.
     app: Option<FakeApp>,
+    /// ETags that do not follow GitHub's rule (as if GitHub changed it).
+    opaque_etags: bool,
 }
 
 /// A GitHub App as GitHub sees it: its public key, where it is installed, its tokens.
@@ -374,6 +385,11 @@ impl FakeGitHub {
         self.state.inner.lock().unwrap().max_age = secs;
     }
 
+    /// Hands out ETags that do not follow GitHub's known rule (as if GitHub changed it).
+    pub fn set_opaque_etags(&self, opaque: bool) {
+        self.state.inner.lock().unwrap().opaque_etags = opaque;
+    }
+
     /// Delays every answer.
     pub fn set_delay(&self, delay: Duration) {
         self.state.inner.lock().unwrap().delay = delay;
@@ -553,13 +569,14 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
         }
     }
     let accept = req.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let (variant, body, content_type) =
-        match resource.variants.iter().find(|(frag, _)| accept.contains(frag.as_str())) {
-            Some((frag, body)) => (frag.clone(), body.clone(), "text/plain; charset=utf-8".to_string()),
-            None => {
-                ("json".to_string(), resource.json.clone(), "application/json; charset=utf-8".to_string())
-            }
-        };
+    let (body, content_type) = match resource.variants.iter().find(|(frag, _)| accept.contains(frag.as_str()))
+    {
+        Some((_, body)) => (body.clone(), "text/plain; charset=utf-8"),
+        None => {
+            let own = resource.per_token.iter().find(|(t, _)| cred.split('|').any(|c| c == t.as_str()));
+            (own.map_or(&resource.json, |(_, b)| b).clone(), "application/json; charset=utf-8")
+        }
+    };
     // Pagination: `?page=N` of a list resource, with absolute Link URLs like GitHub's.
     let page: u64 =
         query.split('&').find_map(|kv| kv.strip_prefix("page=")).and_then(|p| p.parse().ok()).unwrap_or(1);
@@ -569,9 +586,11 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
         body
     };
 
-    let mut hasher = Sha256::new();
-    hasher.update(format!("{path}|{query}|{}|{variant}|{cred}", resource.version));
-    let tag = hex::encode(&hasher.finalize()[..8]);
+    let tag = if state.inner.lock().unwrap().opaque_etags {
+        hex::encode(&Sha256::digest(format!("{path}|{query}|{}|{cred}", resource.version))[..8])
+    } else {
+        github_etag(req, body.as_bytes())
+    };
     let etag = if resource.strong_etag { format!("\"{tag}\"") } else { format!("W/\"{tag}\"") };
 
     let mut headers = HeaderMap::new();
@@ -586,7 +605,7 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
     headers.append("vary", HeaderValue::from_static("Accept, Authorization, Cookie, X-GitHub-OTP"));
     headers.append("vary", HeaderValue::from_static("Accept-Encoding, Accept, X-Requested-With"));
     headers.insert("etag", HeaderValue::from_str(&etag).unwrap());
-    headers.insert("content-type", HeaderValue::from_str(&content_type).unwrap());
+    headers.insert("content-type", HeaderValue::from_static(content_type));
     headers.insert("x-github-media-type", HeaderValue::from_static("github.v3; format=json"));
     if resource.send_last_modified {
         headers.insert(
@@ -627,6 +646,22 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
         *response.body_mut() = faulty_body(full.into_bytes(), fault);
     }
     response
+}
+
+/// The ETag GitHub gives an answer, as observed by bored-engineer/github-conditional-http-transport:
+/// SHA-256 over the request's `Accept`, `Authorization` and `Cookie` values (where present,
+/// each followed by `:`), then the body, in hex. So it differs per token, per `token`/`Bearer`
+/// spelling and per `Accept` spelling, and is the same for the same bytes and request headers.
+pub fn github_etag(request: &HeaderMap, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    for name in ["accept", "authorization", "cookie"] {
+        for value in request.get_all(name) {
+            hasher.update(value.as_bytes());
+            hasher.update(b":");
+        }
+    }
+    hasher.update(body);
+    hex::encode(hasher.finalize())
 }
 
 /// A body that sends its first half, then fails as `fault` says.
