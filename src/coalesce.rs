@@ -85,6 +85,50 @@ where
     }
 }
 
+/// Work under way per key that others do not share but wait for: the first fetch of a
+/// variant, whose body later fetches of the same variant by other partitions can offer
+/// GitHub by computed ETag (see `cache::etag`) instead of each paying for it at once.
+#[derive(Default)]
+pub struct Pioneers {
+    under_way: Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
+}
+
+/// Held by the pioneer of a key while its work runs; dropping it (done, failed or cancelled)
+/// releases every waiter.
+pub struct Pioneering<'a> {
+    pioneers: &'a Pioneers,
+    key: String,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Pioneering<'_> {
+    fn drop(&mut self) {
+        self.pioneers.under_way.lock().expect("pioneers lock poisoned").remove(&self.key);
+    }
+}
+
+impl Pioneers {
+    /// Becomes the pioneer of `key` (`Ok`, hold the guard while working), or waits up to
+    /// `patience` for the one under way to finish (`Err(())` afterwards, pioneer or not).
+    pub async fn lead_or_wait(&self, key: &str, patience: std::time::Duration) -> Result<Pioneering<'_>, ()> {
+        let waiting = {
+            let mut under_way = self.under_way.lock().expect("pioneers lock poisoned");
+            match under_way.get(key) {
+                Some(receiver) => receiver.clone(),
+                None => {
+                    let (done, receiver) = tokio::sync::watch::channel(());
+                    under_way.insert(key.to_string(), receiver);
+                    return Ok(Pioneering { pioneers: self, key: key.to_string(), _done: done });
+                }
+            }
+        };
+        let mut waiting = waiting;
+        // The sender is dropped when the pioneer finishes: `changed` then returns an error.
+        let _ = tokio::time::timeout(patience, async { while waiting.changed().await.is_ok() {} }).await;
+        Err(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +174,31 @@ mod tests {
         drop(leader);
         assert_eq!(role, Role::Follower);
         assert_eq!(follower.await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn followers_of_a_pioneer_wait_until_it_is_done() {
+        let pioneers = Arc::new(Pioneers::default());
+        let guard = pioneers.lead_or_wait("v", Duration::from_secs(5)).await.unwrap();
+        let waiter = {
+            let pioneers = Arc::clone(&pioneers);
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                assert!(pioneers.lead_or_wait("v", Duration::from_secs(5)).await.is_err());
+                started.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(guard);
+        let waited = waiter.await.unwrap();
+        assert!(waited >= Duration::from_millis(90) && waited < Duration::from_secs(2), "{waited:?}");
+        // Done: the next one leads again.
+        assert!(pioneers.lead_or_wait("v", Duration::from_secs(5)).await.is_ok());
+        // Impatient waiters stop waiting.
+        let _guard = pioneers.lead_or_wait("w", Duration::from_secs(5)).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(pioneers.lead_or_wait("w", Duration::from_millis(50)).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]

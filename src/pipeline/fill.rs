@@ -221,11 +221,9 @@ impl Gateway {
         if request.plain {
             return None;
         }
-        let compute = self.settings.cache.computed_validators;
-        let mut conditional = Conditional::own(request.prior.clone(), compute);
-        let clients_own =
-            request.headers.contains_key(IF_NONE_MATCH) || request.headers.contains_key(IF_MODIFIED_SINCE);
-        if compute && !clients_own && self.etag_canary.trusted() {
+        let mut conditional =
+            Conditional::own(request.prior.clone(), self.settings.cache.computed_validators);
+        if self.may_offer_siblings(request) {
             for holder in self.siblings.of(request.key.variant()).await {
                 if holder.key == request.key.key {
                     continue;
@@ -240,6 +238,17 @@ impl Gateway {
         (!conditional.is_empty()).then_some(conditional)
     }
 
+    /// Whether a fill may offer bodies other partitions hold: computed validators on, the
+    /// canary content, and no validators of the client's own or a plain retry.
+    fn may_offer_siblings(&self, request: &FillRequest) -> bool {
+        let clients_own =
+            request.headers.contains_key(IF_NONE_MATCH) || request.headers.contains_key(IF_MODIFIED_SINCE);
+        self.settings.cache.computed_validators
+            && !request.plain
+            && !clients_own
+            && self.etag_canary.trusted()
+    }
+
     /// Fetches from upstream (conditionally when there is a prior entry, or bodies held for
     /// other partitions) and stores what may be stored. Runs in its own task; its result is
     /// shared by coalesced callers.
@@ -248,6 +257,14 @@ impl Gateway {
         let url = match self.upstream.url_for(&request.path_and_query) {
             Ok(url) => url,
             Err(e) => return Fill::Failed(Arc::new(SendError::Upstream(UpstreamError::Unreachable(e)))),
+        };
+        // The first fetch of a variant goes ahead; fetches of it by other partitions meanwhile
+        // wait for its body, to offer it (a free 304) instead of each paying at once.
+        let _pioneering = match self.may_offer_siblings(&request) {
+            true => {
+                self.pioneers.lead_or_wait(request.key.variant(), self.settings.upstream.timeout).await.ok()
+            }
+            false => None,
         };
         let conditional = self.conditional_for(&request).await;
         let outgoing = Outgoing {
@@ -296,7 +313,7 @@ impl Gateway {
                 // GitHub confirmed one of several bodies without saying which: ask plainly.
                 warn!(path = %request.path, "a 304 named none of the bodies offered; fetching in full");
                 let plain = FillRequest { prior: None, plain: true, ..request };
-                return Box::pin(self.fetch(plain)).await;
+                return Box::pin(Arc::clone(&self).fetch(plain)).await;
             };
             let adopted = !prior.as_ref().is_some_and(|p| Arc::ptr_eq(p, &confirmed));
             let base_headers = if adopted {

@@ -41,7 +41,7 @@ use crate::app_auth::{Broker, Identity, Rejection};
 use crate::cache::Outcome;
 use crate::cache::etag::Canary;
 use crate::cache::policy::FreshnessPolicy;
-use crate::coalesce::Coalescer;
+use crate::coalesce::{Coalescer, Pioneers};
 use crate::config::Settings;
 use crate::github;
 use crate::identity::{Partition, Partitioner};
@@ -76,6 +76,8 @@ pub struct Gateway {
     /// Per-identity concurrency and write spacing upstream.
     lanes: Lanes,
     fills: Coalescer<String, Fill>,
+    /// The first fetch of each variant under way, which other partitions' fetches wait for.
+    pioneers: Pioneers,
     upstream: Upstream,
     /// The upstream base URL as it appears in `Link` / `Location`, and the configured public
     /// base that replaces it.
@@ -123,6 +125,7 @@ impl Gateway {
             budgets: Budgets::new(settings.limits.clone(), stores.backend.clone()),
             lanes: Lanes::new(&settings.limits),
             fills: Coalescer::default(),
+            pioneers: Pioneers::default(),
             upstream,
             upstream_base: rewrite::base_of(&settings.upstream.url),
             public_url,

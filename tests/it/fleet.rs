@@ -212,3 +212,29 @@ async fn replicas_sharing_redis_offer_each_others_bodies() {
     assert_eq!(r.text().await.unwrap(), REPO_JSON);
     assert_eq!(fake.charged(), 1);
 }
+
+#[tokio::test]
+async fn twenty_credentials_reading_at_once_pay_once() {
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(REPO_JSON));
+    fake.set_delay(Duration::from_millis(200));
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let mut tasks = Vec::new();
+    for t in 0..20 {
+        let (client, url) = (gw.client.clone(), format!("{}{REPO}", gw.url));
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).header("authorization", format!("token tok-{t}")).send().await.unwrap();
+            (outcome(&r), r.text().await.unwrap())
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        let (o, body) = task.await.unwrap();
+        assert_eq!(body, REPO_JSON);
+        outcomes.push(o);
+    }
+    // The first fetch goes ahead; the others wait for its body and offer it.
+    assert_eq!(fake.charged(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| *o == "REVALIDATED").count(), 19, "{outcomes:?}");
+    assert_eq!(fake.requests_for(REPO), 20, "every credential asked GitHub itself");
+}
