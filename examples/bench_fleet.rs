@@ -78,6 +78,7 @@ struct FleetResult {
     wrong: u64,
     changes: u64,
     hot_bytes: f64,
+    hot_body_bytes: f64,
     distinct_body_bytes: u64,
 }
 
@@ -186,11 +187,17 @@ async fn fleet(computed: bool) -> FleetResult {
     }
     let admin = running.admin_addr.to_string();
     let hot_bytes = metric(&client, &admin, "ghgate_store_hot_bytes").await;
-    let distinct_body_bytes = public
-        .iter()
-        .map(|(p, k, n)| body(k, *n, if planned.iter().any(|(_, q, _)| q == p) { 2 } else { 1 }).len() as u64)
-        .sum::<u64>()
-        + private_paths.len() as u64 * 30;
+    let hot_body_bytes = metric(&client, &admin, "ghgate_store_hot_body_bytes").await;
+    // One copy of the bodies the resources have at the end.
+    let mut latest: HashMap<&str, usize> = HashMap::new();
+    for (path, kind, n) in &public {
+        latest.insert(path, body(kind, *n, 1).len());
+    }
+    for (_, path, json) in &planned {
+        latest.insert(path, json.len());
+    }
+    let private_bytes: usize = (0..private).map(|p| format!(r#"{{"private":true,"n":{p}}}"#).len()).sum();
+    let distinct_body_bytes = (latest.values().sum::<usize>() + private_bytes) as u64;
     running.shutdown().await;
     FleetResult {
         charged: fake.charged(),
@@ -200,6 +207,7 @@ async fn fleet(computed: bool) -> FleetResult {
         wrong: wrong.load(Ordering::Relaxed),
         changes: planned.len() as u64,
         hot_bytes,
+        hot_body_bytes,
         distinct_body_bytes,
     }
 }
@@ -291,9 +299,9 @@ async fn main() {
     println!("Ideals: per credential {per_credential} units, per fleet {fleet_ideal} units.");
     println!();
     println!(
-        "| computed_validators | units (median, min–max) | × fleet ideal | upstream requests | 304s | answers | wrong answers | memory tier bytes / one copy of the bodies |"
+        "| computed_validators | units (median, min–max) | × fleet ideal | upstream requests | 304s | answers | wrong answers | memory-tier bodies / one copy | memory tier (entries + bodies) / one copy of the bodies |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for computed in [false, true] {
         let rs = &results[&computed];
         let (units, lo, hi) = median(rs.iter().map(|r| r.charged).collect());
@@ -301,10 +309,12 @@ async fn main() {
         let (nm, _, _) = median(rs.iter().map(|r| r.not_modified).collect());
         let wrong: u64 = rs.iter().map(|r| r.wrong).sum();
         let answers = rs[0].answers;
-        let mem =
-            rs.iter().map(|r| r.hot_bytes / r.distinct_body_bytes as f64).sum::<f64>() / rs.len() as f64;
+        let ratio = |f: fn(&FleetResult) -> f64| {
+            rs.iter().map(|r| f(r) / r.distinct_body_bytes as f64).sum::<f64>() / rs.len() as f64
+        };
+        let (bodies, mem) = (ratio(|r| r.hot_body_bytes), ratio(|r| r.hot_bytes));
         println!(
-            "| {computed} | {units} ({lo}–{hi}) | {:.2}× | {requests} | {nm} | {answers} | {wrong} | {mem:.1}× |",
+            "| {computed} | {units} ({lo}–{hi}) | {:.2}× | {requests} | {nm} | {answers} | {wrong} | {bodies:.2}× | {mem:.1}× |",
             units as f64 / fleet_ideal as f64
         );
     }

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub(crate) store_degraded: Gauge,
     /// `ghgate_store_hot_bytes`
     pub(crate) store_hot_bytes: Gauge,
+    /// `ghgate_store_hot_body_bytes`: the distinct bodies in the memory tier, each once.
+    pub(crate) store_hot_body_bytes: Gauge,
     /// `ghgate_store_lock_waits_total`: requests that waited for another replica's work.
     pub(crate) lock_waits: Counter,
     /// `ghgate_store_lock_timeouts_total`: waits that gave up and went upstream alone.
@@ -252,6 +254,11 @@ impl Metrics {
                 "ghgate_store_hot_bytes",
                 Some(Unit::Bytes),
                 "Bytes held by the in-memory tier in front of the backend.",
+            ),
+            store_hot_body_bytes: gauge(
+                "ghgate_store_hot_body_bytes",
+                Some(Unit::Bytes),
+                "Bytes of the distinct bodies in the memory tier (entries with equal bodies share one).",
             ),
             lock_waits: counter(
                 "ghgate_store_lock_waits_total",

@@ -377,6 +377,7 @@ async fn stats(State(gateway): State<Arc<Gateway>>) -> Response {
             "entries": responses.entry_count(),
             "bytes": responses.size_bytes(),
             "memory_tier_bytes": responses.hot_bytes(),
+            "memory_tier_body_bytes": responses.hot_body_bytes(),
             "max_bytes": gateway.settings().cache.max_bytes,
         },
     });
@@ -437,6 +438,7 @@ fn record_store_gauges(gateway: &Gateway) {
     m.store_bytes.set(responses.size_bytes() as f64);
     m.store_entries.set(responses.entry_count() as f64);
     m.store_hot_bytes.set(responses.hot_bytes() as f64);
+    m.store_hot_body_bytes.set(responses.hot_body_bytes() as f64);
     m.store_degraded.set(if responses.health() == Health::Ok { 0.0 } else { 1.0 });
 }
 

@@ -4,6 +4,7 @@
 //! hot tier of decoded answers in front of whichever backend the settings chose
 //! ([`from_settings`]). With the `memory` backend the hot tier is all there is.
 
+mod bodies;
 mod codec;
 mod disk;
 mod failures;

@@ -5,13 +5,19 @@
 //! shard's read lock and bumps a counter: no queue of read events to drain, which mattered at
 //! ~100k hits/s (moka's read bookkeeping was ~9% of CPU on a Zipf load). Expiry is checked on
 //! read: an expired answer is dropped when asked for, and evicted like any other otherwise.
+//!
+//! Bodies are interned ([`BodyPool`]): entries of different partitions holding the same bytes
+//! share one allocation. An entry's weight is its own bytes without the body; the pool counts
+//! each distinct body once, and the map's capacity is the bound minus the pool's bytes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use super::bodies::BodyPool;
 use super::{Health, Store, StoreError, codec};
 use crate::cache::CachedResponse;
 use crate::telemetry::Metrics;
@@ -28,8 +34,9 @@ struct Hot {
 }
 
 impl Hot {
+    /// An entry whose body is pooled (the pool counts the body, so its weight leaves it out).
     fn new(key: &str, entry: Arc<CachedResponse>, ttl: Duration, persisted_at: SystemTime) -> Hot {
-        let weight = (key.len() + entry.weight()) as u64;
+        let weight = (key.len() + entry.weight() - entry.body.len()) as u64;
         let expires_at = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
         Hot { entry, expires_at, persisted_at, weight }
     }
@@ -58,6 +65,10 @@ pub(crate) const REFRESH_PERSIST_INTERVAL: Duration = Duration::from_secs(30);
 pub(crate) struct ResponseCache {
     hot: quick_cache::sync::Cache<String, Hot, ByWeight>,
     hot_max_bytes: u64,
+    /// The bodies the hot tier's entries hold, each once.
+    bodies: BodyPool,
+    /// The map's capacity as last set: the bound minus the pool's bytes, give or take 1/64.
+    map_capacity: AtomicU64,
     backend: Option<Arc<dyn Store>>,
     metrics: Arc<Metrics>,
 }
@@ -68,7 +79,14 @@ impl ResponseCache {
         // Sized for answers of a few KiB each; the bound is the byte weight, not the count.
         let estimated_items = usize::try_from(hot_max_bytes / 4096).unwrap_or(usize::MAX).clamp(16, 1 << 20);
         let hot = quick_cache::sync::Cache::with_weighter(estimated_items, hot_max_bytes, ByWeight);
-        Self { hot, hot_max_bytes, backend, metrics }
+        Self {
+            hot,
+            hot_max_bytes,
+            bodies: BodyPool::default(),
+            map_capacity: AtomicU64::new(hot_max_bytes),
+            backend,
+            metrics,
+        }
     }
 
     /// The backend key of a cache key: hashed, so keys have one short length and carry no
@@ -110,14 +128,16 @@ impl ResponseCache {
         let backend_key = Self::backend_key(key);
         let Some(bytes) = backend.get(&backend_key).await? else { return Ok(None) };
         match codec::decode_response(&bytes) {
-            Ok(entry) => {
+            Ok(mut entry) => {
                 let ttl = entry.time_to_keep(SystemTime::now());
                 if ttl.is_zero() {
                     return Ok(None);
                 }
+                entry.body = self.bodies.intern(&entry.body);
                 let entry = Arc::new(entry);
                 let persisted_at = entry.response_time;
                 self.hot.insert(key.to_string(), Hot::new(key, Arc::clone(&entry), ttl, persisted_at));
+                self.rebalance();
                 Ok(Some(entry))
             }
             Err(e) => {
@@ -139,8 +159,9 @@ impl ResponseCache {
     ) -> Result<(), StoreError> {
         let encoded = self.backend.as_ref().map(|_| codec::encode_response(&entry));
         let backend_key = Self::backend_key(&key);
-        let hot = Hot::new(&key, entry, ttl, SystemTime::now());
+        let hot = Hot::new(&key, self.pooled(entry), ttl, SystemTime::now());
         self.hot.insert(key, hot);
+        self.rebalance();
         match (&self.backend, encoded) {
             (Some(backend), Some(bytes)) => backend.put(&backend_key, bytes, ttl).await,
             _ => Ok(()),
@@ -162,13 +183,34 @@ impl ResponseCache {
             if let Some(hot) = self.live_hot(&key) {
                 let age = SystemTime::now().duration_since(hot.persisted_at).unwrap_or_default();
                 if age < REFRESH_PERSIST_INTERVAL {
-                    let refreshed = Hot::new(&key, entry, ttl, hot.persisted_at);
+                    let refreshed = Hot::new(&key, self.pooled(entry), ttl, hot.persisted_at);
                     self.hot.insert(key, refreshed);
+                    self.rebalance();
                     return Ok(());
                 }
             }
         }
         self.put(key, entry, ttl).await
+    }
+
+    /// `entry` with its body pooled: the memory tier keeps only pooled bodies.
+    fn pooled(&self, entry: Arc<CachedResponse>) -> Arc<CachedResponse> {
+        let body = self.bodies.intern(&entry.body);
+        let mut owned = Arc::unwrap_or_clone(entry);
+        owned.body = body;
+        Arc::new(owned)
+    }
+
+    /// Keeps entries' own bytes plus the pooled bodies within the bound: the map may hold the
+    /// bound minus the pool's bytes (reset when that moved by more than 1/64 of the bound, as
+    /// resizing takes every shard's lock).
+    fn rebalance(&self) {
+        let target = self.hot_max_bytes.saturating_sub(self.bodies.bytes()).max(1);
+        let set = self.map_capacity.load(Ordering::Relaxed);
+        if set.abs_diff(target) > self.hot_max_bytes / 64 {
+            self.map_capacity.store(target, Ordering::Relaxed);
+            self.hot.set_capacity(target);
+        }
     }
 
     /// Forgets `key` in both tiers.
@@ -203,7 +245,7 @@ impl ResponseCache {
     pub(crate) fn size_bytes(&self) -> u64 {
         match &self.backend {
             Some(b) if b.size_bytes() > 0 || b.entry_count() > 0 => b.size_bytes(),
-            _ => self.hot.weight(),
+            _ => self.hot_bytes(),
         }
     }
 
@@ -215,9 +257,15 @@ impl ResponseCache {
         }
     }
 
-    /// Bytes held by the hot tier.
+    /// Bytes held by the hot tier: entries, and their bodies once each.
     pub(crate) fn hot_bytes(&self) -> u64 {
-        self.hot.weight()
+        self.hot.weight() + self.bodies.bytes()
+    }
+
+    /// Bytes of the distinct bodies the hot tier holds (what entries of many partitions with
+    /// one body cost once).
+    pub(crate) fn hot_body_bytes(&self) -> u64 {
+        self.bodies.bytes()
     }
 
     /// The backend's health (the memory backend is always healthy).
@@ -263,6 +311,48 @@ mod tests {
     fn now_ms() -> SystemTime {
         let ms = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         std::time::UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    fn entry_with_body(body: Vec<u8>) -> Arc<CachedResponse> {
+        let mut entry = Arc::unwrap_or_clone(entry_at(SystemTime::now()));
+        entry.body = bytes::Bytes::from(body);
+        Arc::new(entry)
+    }
+
+    #[tokio::test]
+    async fn entries_of_many_partitions_hold_one_copy_of_a_body() {
+        let cache = ResponseCache::new(1 << 20, None, Metrics::new());
+        let ttl = Duration::from_secs(60);
+        for partition in 0..20 {
+            cache
+                .put(format!("c-{partition}\n/repos/o/r"), entry_with_body(vec![b'x'; 10_000]), ttl)
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.hot_body_bytes(), 10_000, "one copy for twenty entries");
+        let first = cache.get("c-0\n/repos/o/r").await.unwrap().unwrap();
+        let last = cache.get("c-19\n/repos/o/r").await.unwrap().unwrap();
+        assert_eq!(first.body.as_ptr(), last.body.as_ptr());
+        assert!(cache.hot_bytes() < 20 * 10_000 / 4, "entries without their bodies: {}", cache.hot_bytes());
+        for partition in 0..20 {
+            cache.remove(&format!("c-{partition}\n/repos/o/r")).await.unwrap();
+        }
+        drop((first, last));
+        assert_eq!(cache.hot_body_bytes(), 0, "freed with the last entry holding it");
+    }
+
+    #[tokio::test]
+    async fn distinct_bodies_stay_within_the_bound() {
+        let bound = 1 << 20;
+        let cache = ResponseCache::new(bound, None, Metrics::new());
+        for n in 0..2_000u32 {
+            let mut body = vec![b'y'; 4_000];
+            body[..4].copy_from_slice(&n.to_be_bytes());
+            cache.put(format!("k{n}"), entry_with_body(body), Duration::from_secs(60)).await.unwrap();
+        }
+        // 8 MB of distinct bodies offered to a 1 MiB tier: entries and bodies stay near the bound.
+        assert!(cache.hot_bytes() <= bound + bound / 32, "{} > {bound}", cache.hot_bytes());
+        assert!(cache.hot_body_bytes() > bound / 2, "the bodies are most of it");
     }
 
     #[tokio::test]
