@@ -54,6 +54,8 @@ pub struct DiskStore {
     dir: PathBuf,
     failing: AtomicBool,
     failures: Failures,
+    /// Serialises counter additions.
+    counters: tokio::sync::Mutex<()>,
 }
 
 impl DiskStore {
@@ -112,6 +114,7 @@ impl DiskStore {
             dir: dir.to_path_buf(),
             failing: AtomicBool::new(false),
             failures: Failures::new(dir.display().to_string(), metrics),
+            counters: tokio::sync::Mutex::new(()),
         };
         store.warm_start()?;
         Ok(store)
@@ -201,6 +204,10 @@ impl Store for DiskStore {
             self.data.remove(key.as_bytes()).map_err(|e| self.failed("delete", e.to_string()))
         }
         .boxed()
+    }
+
+    fn add<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> BoxFuture<'a, Result<i64, StoreError>> {
+        super::add_locally(self, &self.counters, key, delta, ttl).boxed()
     }
 
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {

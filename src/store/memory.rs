@@ -36,6 +36,8 @@ impl moka::Expiry<String, Value> for ByTtl {
 pub struct MemoryStore {
     cache: moka::sync::Cache<String, Value>,
     max_bytes: u64,
+    /// Serialises counter additions.
+    counters: tokio::sync::Mutex<()>,
 }
 
 impl MemoryStore {
@@ -46,7 +48,7 @@ impl MemoryStore {
             .weigher(|k: &String, v: &Value| u32::try_from(k.len() + v.bytes.len() + 64).unwrap_or(u32::MAX))
             .expire_after(ByTtl)
             .build();
-        MemoryStore { cache, max_bytes }
+        MemoryStore { cache, max_bytes, counters: tokio::sync::Mutex::new(()) }
     }
 }
 
@@ -69,6 +71,10 @@ impl Store for MemoryStore {
             Ok(())
         }
         .boxed()
+    }
+
+    fn add<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> BoxFuture<'a, Result<i64, StoreError>> {
+        super::add_locally(self, &self.counters, key, delta, ttl).boxed()
     }
 
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {

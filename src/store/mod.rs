@@ -11,6 +11,7 @@ mod failures;
 mod memory;
 mod redis;
 mod sealed;
+mod shared_bodies;
 mod siblings;
 mod tiered;
 
@@ -67,6 +68,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets `key`.
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Adds `delta` to the counter `key` (an absent or expired counter is 0), keeps it for at
+    /// least `ttl` from now (an expiry further out stays), and returns the new value. Replicas sharing the store share the
+    /// counter; within one process, additions to one counter do not interleave.
+    fn add<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> BoxFuture<'a, Result<i64, StoreError>>;
 
     /// Every live key that starts with `prefix` (for clearing; not for the request path).
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
@@ -162,6 +168,29 @@ pub(crate) struct Live {
     pub expires_at: SystemTime,
     /// The payload, as written.
     pub payload: Bytes,
+}
+
+/// [`Store::add`] for a backend no other process sees: read, add and write the counter (a
+/// framed big-endian `i64`) while holding `lock`.
+async fn add_locally(
+    store: &dyn Store,
+    lock: &tokio::sync::Mutex<()>,
+    key: &str,
+    delta: i64,
+    ttl: Duration,
+) -> Result<i64, StoreError> {
+    let _held = lock.lock().await;
+    let now = SystemTime::now();
+    let (current, keep) = match store.get_live(key).await? {
+        Some(live) => {
+            let value = live.payload.as_ref().try_into().map(i64::from_be_bytes).unwrap_or(0);
+            (value, ttl.max(live.expires_at.duration_since(now).unwrap_or_default()))
+        }
+        None => (0, ttl),
+    };
+    let value = current + delta;
+    store.put_expiring(key, &value.to_be_bytes(), keep).await?;
+    Ok(value)
 }
 
 impl dyn Store {

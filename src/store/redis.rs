@@ -29,6 +29,12 @@ use crate::telemetry::Metrics;
 const FAIL_FAST: Duration = Duration::from_millis(500);
 
 /// Deletes a lock only if it still holds our fence (another holder's lock is left alone).
+/// Adds to a counter and extends its expiry (never shortens it) in one step, so a counter
+/// always has one.
+const ADD: &str = "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+    if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+    return v";
+
 const UNLOCK: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
@@ -44,6 +50,8 @@ pub(crate) struct RedisStore {
     last_failure: Mutex<Option<Instant>>,
     failures: Failures,
     unlock: redis::Script,
+    /// `INCRBY` and `PEXPIRE` of one key, atomically (one key: fine for Redis Cluster).
+    add: redis::Script,
 }
 
 impl RedisStore {
@@ -68,6 +76,7 @@ impl RedisStore {
             last_failure: Mutex::new(None),
             failures: Failures::new(redact_url(url), metrics),
             unlock: redis::Script::new(UNLOCK),
+            add: redis::Script::new(ADD),
         })
     }
 
@@ -167,6 +176,21 @@ impl Store for RedisStore {
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         async move { self.run::<()>(redis::cmd("DEL").arg(self.key(key)).to_owned()).await }.boxed()
+    }
+
+    fn add<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> BoxFuture<'a, Result<i64, StoreError>> {
+        async move {
+            if self.failing_fast() {
+                return Err(StoreError("Redis is failing; skipped".into()));
+            }
+            let mut connection = self.connection.clone();
+            let mut invocation = self.add.key(self.key(key));
+            invocation.arg(delta).arg(ttl.as_millis().max(1) as u64);
+            let result =
+                tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut connection)).await;
+            self.settle(result)
+        }
+        .boxed()
     }
 
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {

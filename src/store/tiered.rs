@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::bodies::BodyPool;
+use super::shared_bodies::{self, SHARED_BODY_MIN, SharedBodies};
 use super::{Health, Store, StoreError, codec};
 use crate::cache::CachedResponse;
 use crate::telemetry::Metrics;
@@ -69,6 +70,8 @@ pub(crate) struct ResponseCache {
     bodies: BodyPool,
     /// The map's capacity as last set: the bound minus the pool's bytes, give or take 1/64.
     map_capacity: AtomicU64,
+    /// Bodies stored once in the backend, named by the records.
+    shared: SharedBodies,
     backend: Option<Arc<dyn Store>>,
     metrics: Arc<Metrics>,
 }
@@ -84,6 +87,7 @@ impl ResponseCache {
             hot_max_bytes,
             bodies: BodyPool::default(),
             map_capacity: AtomicU64::new(hot_max_bytes),
+            shared: SharedBodies::default(),
             backend,
             metrics,
         }
@@ -128,10 +132,18 @@ impl ResponseCache {
         let backend_key = Self::backend_key(key);
         let Some(bytes) = backend.get(&backend_key).await? else { return Ok(None) };
         match codec::decode_response(&bytes) {
-            Ok(mut entry) => {
+            Ok(codec::Decoded { mut entry, shared_body }) => {
                 let ttl = entry.time_to_keep(SystemTime::now());
                 if ttl.is_zero() {
                     return Ok(None);
+                }
+                if let Some((digest, len)) = shared_body {
+                    let Some(body) = self.shared.read(backend, &digest, len).await? else {
+                        // The body is gone (evicted, expired, or damaged): the record is useless.
+                        let _ = backend.remove(&backend_key).await;
+                        return Ok(None);
+                    };
+                    entry.body = body;
                 }
                 entry.body = self.bodies.intern(&entry.body);
                 let entry = Arc::new(entry);
@@ -157,15 +169,41 @@ impl ResponseCache {
         entry: Arc<CachedResponse>,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let encoded = self.backend.as_ref().map(|_| codec::encode_response(&entry));
-        let backend_key = Self::backend_key(&key);
-        let hot = Hot::new(&key, self.pooled(entry), ttl, SystemTime::now());
-        self.hot.insert(key, hot);
+        let previous = self.backend.as_ref().and_then(|_| self.live_hot(&key)).map(|hot| hot.entry);
+        let entry = self.pooled(entry);
+        self.hot.insert(key.clone(), Hot::new(&key, Arc::clone(&entry), ttl, SystemTime::now()));
         self.rebalance();
-        match (&self.backend, encoded) {
-            (Some(backend), Some(bytes)) => backend.put(&backend_key, bytes, ttl).await,
+        let Some(backend) = &self.backend else { return Ok(()) };
+        let backend_key = Self::backend_key(&key);
+        if entry.body.len() < SHARED_BODY_MIN {
+            if let Some(old) = self.shared_digest_of(backend, &backend_key, previous).await {
+                self.shared.release(backend, &old).await?;
+            }
+            return backend.put(&backend_key, codec::encode_response(&entry, None), ttl).await;
+        }
+        let digest = shared_bodies::digest(&entry.body);
+        let old = self.shared_digest_of(backend, &backend_key, previous).await;
+        self.shared.hold(backend, &digest, &entry.body, ttl, old != Some(digest)).await?;
+        backend.put(&backend_key, codec::encode_response(&entry, Some(digest)), ttl).await?;
+        match old {
+            Some(old) if old != digest => self.shared.release(backend, &old).await,
             _ => Ok(()),
         }
+    }
+
+    /// The digest of the shared body the backend's record under `backend_key` names now: from
+    /// the memory tier's copy of that entry when there is one, else from the record itself.
+    async fn shared_digest_of(
+        &self,
+        backend: &Arc<dyn Store>,
+        backend_key: &str,
+        hot: Option<Arc<CachedResponse>>,
+    ) -> Option<[u8; 16]> {
+        if let Some(entry) = hot {
+            return (entry.body.len() >= SHARED_BODY_MIN).then(|| shared_bodies::digest(&entry.body));
+        }
+        let bytes = backend.get(backend_key).await.ok()??;
+        codec::decode_response(&bytes).ok()?.shared_body.map(|(digest, _)| digest)
     }
 
     /// Stores an entry that a 304 refreshed. Its body is what the backend already holds, so
@@ -213,11 +251,15 @@ impl ResponseCache {
         }
     }
 
-    /// Forgets `key` in both tiers.
+    /// Forgets `key` in both tiers (and its shared body, when it held the last reference).
     pub(crate) async fn remove(&self, key: &str) -> Result<(), StoreError> {
-        self.hot.remove(key);
-        match &self.backend {
-            Some(backend) => backend.remove(&Self::backend_key(key)).await,
+        let hot = self.hot.remove(key).map(|(_, hot)| hot.entry);
+        let Some(backend) = &self.backend else { return Ok(()) };
+        let backend_key = Self::backend_key(key);
+        let shared = self.shared_digest_of(backend, &backend_key, hot).await;
+        backend.remove(&backend_key).await?;
+        match shared {
+            Some(digest) => self.shared.release(backend, &digest).await,
             None => Ok(()),
         }
     }
@@ -353,6 +395,80 @@ mod tests {
         // 8 MB of distinct bodies offered to a 1 MiB tier: entries and bodies stay near the bound.
         assert!(cache.hot_bytes() <= bound + bound / 32, "{} > {bound}", cache.hot_bytes());
         assert!(cache.hot_body_bytes() > bound / 2, "the bodies are most of it");
+    }
+
+    async fn keys(backend: &Arc<dyn Store>, prefix: &str) -> usize {
+        backend.keys_with_prefix(prefix).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn the_backend_stores_one_body_for_many_partitions_and_frees_it_with_the_last() {
+        let backend: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 24));
+        let cache = ResponseCache::new(1 << 20, Some(Arc::clone(&backend)), Metrics::new());
+        let ttl = Duration::from_secs(600);
+        let body = vec![b'z'; 5_000];
+        for p in 0..20 {
+            cache.put(format!("c-{p}\n/repos/o/r"), entry_with_body(body.clone()), ttl).await.unwrap();
+        }
+        assert_eq!(keys(&backend, "b:").await, 1, "one body for twenty records");
+        assert_eq!(keys(&backend, "r:").await, 20);
+        let stored: u64 = backend.size_bytes();
+        assert!(stored < 2 * 5_000 + 20 * 1_000, "records without their bodies: {stored} bytes");
+
+        // Another replica (or this one after a restart) reads the records and the one body.
+        let other = ResponseCache::new(1 << 20, Some(Arc::clone(&backend)), Metrics::new());
+        let read = other.get("c-7\n/repos/o/r").await.unwrap().unwrap();
+        assert_eq!(read.body.as_ref(), body.as_slice());
+
+        // A record that changes body lets go of the old one; the last release deletes it.
+        cache.put("c-0\n/repos/o/r".into(), entry_with_body(vec![b'w'; 5_000]), ttl).await.unwrap();
+        assert_eq!(keys(&backend, "b:").await, 2);
+        for p in 1..20 {
+            cache.remove(&format!("c-{p}\n/repos/o/r")).await.unwrap();
+        }
+        assert_eq!(keys(&backend, "b:").await, 1, "the first body went with its last record");
+        cache.remove("c-0\n/repos/o/r").await.unwrap();
+        assert_eq!(keys(&backend, "b:").await + keys(&backend, "n:").await, 0, "nothing left");
+        // Small bodies stay inline.
+        cache.put("small".into(), entry_with_body(b"{}".to_vec()), ttl).await.unwrap();
+        assert_eq!(keys(&backend, "b:").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_body_is_gone_reads_as_a_miss() {
+        let backend: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 24));
+        let cache = ResponseCache::new(1 << 20, Some(Arc::clone(&backend)), Metrics::new());
+        cache.put("k".into(), entry_with_body(vec![b'q'; 4_000]), Duration::from_secs(600)).await.unwrap();
+        for key in backend.keys_with_prefix("b:").await.unwrap() {
+            backend.remove(&key).await.unwrap();
+        }
+        let other = ResponseCache::new(1 << 20, Some(Arc::clone(&backend)), Metrics::new());
+        assert!(other.get("k").await.unwrap().is_none());
+        assert_eq!(keys(&backend, "r:").await, 0, "the useless record is dropped");
+    }
+
+    #[tokio::test]
+    async fn shared_bodies_and_their_counts_survive_a_restart_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(600);
+        let body = vec![b'd'; 3_000];
+        {
+            let disk: Arc<dyn Store> =
+                Arc::new(crate::store::DiskStore::open(dir.path(), 1 << 24, Metrics::new()).unwrap());
+            let cache = ResponseCache::new(1 << 20, Some(disk), Metrics::new());
+            for p in 0..3 {
+                cache.put(format!("c-{p}"), entry_with_body(body.clone()), ttl).await.unwrap();
+            }
+        }
+        let disk: Arc<dyn Store> =
+            Arc::new(crate::store::DiskStore::open(dir.path(), 1 << 24, Metrics::new()).unwrap());
+        let cache = ResponseCache::new(1 << 20, Some(Arc::clone(&disk)), Metrics::new());
+        assert_eq!(cache.get("c-2").await.unwrap().unwrap().body.as_ref(), body.as_slice());
+        cache.remove("c-0").await.unwrap();
+        cache.remove("c-1").await.unwrap();
+        assert_eq!(keys(&disk, "b:").await, 1, "one record still names it");
+        cache.remove("c-2").await.unwrap();
+        assert_eq!(keys(&disk, "b:").await, 0, "the count came through the restart");
     }
 
     #[tokio::test]

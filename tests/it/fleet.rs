@@ -214,6 +214,37 @@ async fn replicas_sharing_redis_offer_each_others_bodies() {
 }
 
 #[tokio::test]
+async fn redis_holds_one_copy_of_a_body_many_partitions_read() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    let big = format!(r#"{{"id":1,"description":"{}"}}"#, "x".repeat(4_000));
+    fake.put(REPO, Resource::json(big.clone()));
+    let url = redis.url();
+    let shared = move |s: &mut Settings| {
+        s.store.backend = StoreBackend::Redis;
+        s.store.redis_url = Some(url.clone());
+    };
+    let (a, b) = (start_gateway(&fake.url(), &shared).await, start_gateway(&fake.url(), &shared).await);
+    for t in 0..10 {
+        let gw = if t % 2 == 0 { &a } else { &b };
+        assert_eq!(gw.get(REPO, Some(&format!("tok-{t}"))).await.text().await.unwrap(), big);
+    }
+    let keys = redis.cli(&["KEYS", "*"]);
+    let count = |prefix: &str| keys.lines().filter(|k| k.starts_with(prefix)).count();
+    assert_eq!(count("ghgate:r:"), 10, "a record per partition: {keys}");
+    assert_eq!(count("ghgate:b:"), 1, "one body: {keys}");
+    let counter = keys.lines().find(|k| k.starts_with("ghgate:n:")).expect("a reference count");
+    assert_eq!(redis.cli(&["GET", counter]).trim(), "10");
+    let ttl: i64 = redis.cli(&["PTTL", counter]).trim().parse().unwrap();
+    assert!(ttl > 0, "the count is bounded by a TTL");
+    // A third replica, started later, reads the records and the shared body.
+    let c = start_gateway(&fake.url(), &shared).await;
+    let r = c.get(REPO, Some("tok-3")).await;
+    assert_eq!(outcome(&r), "HIT");
+    assert_eq!(r.text().await.unwrap(), big);
+}
+
+#[tokio::test]
 async fn twenty_credentials_reading_at_once_pay_once() {
     let fake = FakeGitHub::start().await;
     fake.put(REPO, Resource::json(REPO_JSON));
