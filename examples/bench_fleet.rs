@@ -79,6 +79,7 @@ struct FleetResult {
     changes: u64,
     hot_bytes: f64,
     hot_body_bytes: f64,
+    disk_bytes: f64,
     distinct_body_bytes: u64,
 }
 
@@ -188,6 +189,7 @@ async fn fleet(computed: bool) -> FleetResult {
     let admin = running.admin_addr.to_string();
     let hot_bytes = metric(&client, &admin, "ghgate_store_hot_bytes").await;
     let hot_body_bytes = metric(&client, &admin, "ghgate_store_hot_body_bytes").await;
+    let disk_bytes = metric(&client, &admin, "ghgate_store_bytes").await;
     // One copy of the bodies the resources have at the end.
     let mut latest: HashMap<&str, usize> = HashMap::new();
     for (path, kind, n) in &public {
@@ -208,6 +210,7 @@ async fn fleet(computed: bool) -> FleetResult {
         changes: planned.len() as u64,
         hot_bytes,
         hot_body_bytes,
+        disk_bytes,
         distinct_body_bytes,
     }
 }
@@ -299,9 +302,9 @@ async fn main() {
     println!("Ideals: per credential {per_credential} units, per fleet {fleet_ideal} units.");
     println!();
     println!(
-        "| computed_validators | units (median, min–max) | × fleet ideal | upstream requests | 304s | answers | wrong answers | memory-tier bodies / one copy | memory tier (entries + bodies) / one copy of the bodies |"
+        "| computed_validators | units (median, min–max) | × fleet ideal | upstream requests | 304s | answers | wrong answers | memory-tier bodies / one copy | memory tier (entries + bodies) / one copy | disk store (records + bodies) / one copy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for computed in [false, true] {
         let rs = &results[&computed];
         let (units, lo, hi) = median(rs.iter().map(|r| r.charged).collect());
@@ -312,9 +315,10 @@ async fn main() {
         let ratio = |f: fn(&FleetResult) -> f64| {
             rs.iter().map(|r| f(r) / r.distinct_body_bytes as f64).sum::<f64>() / rs.len() as f64
         };
-        let (bodies, mem) = (ratio(|r| r.hot_body_bytes), ratio(|r| r.hot_bytes));
+        let (bodies, mem, disk) =
+            (ratio(|r| r.hot_body_bytes), ratio(|r| r.hot_bytes), ratio(|r| r.disk_bytes));
         println!(
-            "| {computed} | {units} ({lo}–{hi}) | {:.2}× | {requests} | {nm} | {answers} | {wrong} | {bodies:.2}× | {mem:.1}× |",
+            "| {computed} | {units} ({lo}–{hi}) | {:.2}× | {requests} | {nm} | {answers} | {wrong} | {bodies:.2}× | {mem:.1}× | {disk:.1}× |",
             units as f64 / fleet_ideal as f64
         );
     }
