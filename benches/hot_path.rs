@@ -68,6 +68,7 @@ fn entry() -> CachedResponse {
         ],
         path_key: "/repositories/1/issues".into(),
         credential_tag: None,
+        body_urls: Default::default(),
     }
 }
 

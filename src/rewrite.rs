@@ -1,9 +1,14 @@
 //! Keeping clients behind the gateway: absolute upstream URLs in answer headers (`Link` for
-//! pagination, `Location` for redirects) are rewritten to the gateway's public base URL.
-//! Without this, a client following page 2 would talk to GitHub directly with its credential.
+//! pagination, `Location` for redirects) and in JSON bodies (`url`, `issues_url`, ... — PyGithub,
+//! Octokit's `request(url)`, go-github and `gh api` follow them) are rewritten to the gateway's
+//! public base URL. Without this, a client following one would talk to GitHub directly with
+//! its credential, or (PyGithub) refuse the URL.
 //!
-//! URLs inside JSON bodies are left as they are: rewriting them would mean parsing and
-//! re-serialising every body, and clients build their next request from headers.
+//! In bodies, only JSON strings that *start* with the upstream base are rewritten (URLs in the
+//! middle of text, such as an issue's description, stay as written), and no JSON is parsed:
+//! [`body_url_offsets`] finds where such strings start once per stored entry, and
+//! [`splice_body`] builds the answer from those offsets. Stored bodies stay GitHub's own bytes,
+//! which GitHub's ETags are computed over.
 
 use std::net::IpAddr;
 
@@ -146,9 +151,92 @@ pub(crate) fn rewrite_urls(text: &str, from: &str, to: &str) -> Option<String> {
     changed.then_some(out)
 }
 
+/// Where JSON strings that start with `upstream_base` start in `body`: offsets of the base
+/// right after an unescaped `"`, followed by `/`, `?`, `#`, `{` or the string's end.
+pub(crate) fn body_url_offsets(body: &[u8], upstream_base: &str) -> Vec<u32> {
+    let base = upstream_base.as_bytes();
+    if base.is_empty() || u32::try_from(body.len()).is_err() {
+        return Vec::new();
+    }
+    let mut offsets = Vec::new();
+    for at in memchr::memmem::find_iter(body, base) {
+        let after = body.get(at + base.len()).copied();
+        let at_boundary = matches!(after, Some(b'/' | b'?' | b'#' | b'{' | b'"'));
+        let opens_string = at > 0 && body[at - 1] == b'"' && {
+            // An odd run of backslashes before the quote escapes it: text inside a string.
+            let backslashes = body[..at - 1].iter().rev().take_while(|b| **b == b'\\').count();
+            backslashes % 2 == 0
+        };
+        if at_boundary && opens_string {
+            offsets.push(at as u32);
+        }
+    }
+    offsets
+}
+
+/// `body` with the upstream base (`base_len` bytes) at each of `offsets` replaced by
+/// `public_base`.
+pub(crate) fn splice_body(body: &[u8], offsets: &[u32], base_len: usize, public_base: &str) -> bytes::Bytes {
+    let grown = offsets.len() * public_base.len();
+    let mut out = Vec::with_capacity((body.len() + grown).saturating_sub(offsets.len() * base_len));
+    let mut from = 0;
+    for &at in offsets {
+        let at = at as usize;
+        out.extend_from_slice(&body[from..at]);
+        out.extend_from_slice(public_base.as_bytes());
+        from = at + base_len;
+    }
+    out.extend_from_slice(&body[from..]);
+    bytes::Bytes::from(out)
+}
+
+/// The length of `body` once spliced (for `Content-Length` of HEAD answers).
+pub(crate) fn spliced_len(body_len: usize, offsets: usize, base_len: usize, public_base: &str) -> usize {
+    body_len + offsets * public_base.len() - offsets * base_len
+}
+
+/// Whether an answer's body is JSON (the only bodies whose URLs are rewritten).
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().to_ascii_lowercase().ends_with("json")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_urls_that_start_a_string_point_back_at_the_gateway() {
+        let base = "https://api.github.com";
+        let body = br#"{"url":"https://api.github.com/repos/o/r","issues_url":"https://api.github.com/repos/o/r/issues{/number}","html_url":"https://github.com/o/r","body":"see https://api.github.com/x","quoted":"say \"https://api.github.com/y","evil":"https://api.github.com.evil.com/z","root":"https://api.github.com"}"#;
+        let offsets = body_url_offsets(body, base);
+        assert_eq!(offsets.len(), 3, "url, issues_url and root; not text, escaped quotes or lookalikes");
+        let out = splice_body(body, &offsets, base.len(), "http://gw:8080");
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.contains(r#""url":"http://gw:8080/repos/o/r""#), "{text}");
+        assert!(text.contains(r#""issues_url":"http://gw:8080/repos/o/r/issues{/number}""#));
+        assert!(text.contains(r#""root":"http://gw:8080""#));
+        assert!(text.contains(r#""html_url":"https://github.com/o/r""#));
+        assert!(
+            text.contains("see https://api.github.com/x") && text.contains(r#"\"https://api.github.com/y"#)
+        );
+        assert!(text.contains("https://api.github.com.evil.com/z"));
+        assert_eq!(out.len(), spliced_len(body.len(), 3, base.len(), "http://gw:8080"));
+        assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok(), "still JSON");
+    }
+
+    #[test]
+    fn json_media_types_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        assert!(is_json(&h));
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.github+json"));
+        assert!(is_json(&h));
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        assert!(!is_json(&h));
+    }
 
     #[test]
     fn pagination_links_point_back_at_the_gateway() {

@@ -31,6 +31,20 @@ pub struct CachedResponse {
     /// Fingerprint of the installation token that fetched it (app identities only): GitHub
     /// ties ETags to tokens, so after a rotation the entry is revalidated by date instead.
     pub credential_tag: Option<u64>,
+    /// Where the body's upstream URLs start, found on first need (see `rewrite`).
+    pub body_urls: BodyUrls,
+}
+
+/// The offsets of upstream URLs in a body, found once per entry: every hit that rewrites them
+/// then only splices.
+#[derive(Debug, Clone, Default)]
+pub struct BodyUrls(std::sync::OnceLock<std::sync::Arc<[u32]>>);
+
+impl BodyUrls {
+    /// The offsets, found with `find` the first time.
+    pub(crate) fn get_or_find(&self, find: impl FnOnce() -> Vec<u32>) -> &[u32] {
+        self.0.get_or_init(|| find().into())
+    }
 }
 
 impl CachedResponse {
@@ -169,6 +183,7 @@ mod tests {
             vary: vec![],
             path_key: "/x".into(),
             credential_tag: None,
+            body_urls: BodyUrls::default(),
         }
     }
 

@@ -294,6 +294,7 @@ mod tests {
             vary: Vec::new(),
             path_key: "/x".into(),
             credential_tag: None,
+            body_urls: Default::default(),
         })
     }
 

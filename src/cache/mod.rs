@@ -7,7 +7,7 @@ pub(crate) mod etag;
 pub mod key;
 pub(crate) mod policy;
 
-pub use entry::CachedResponse;
+pub use entry::{BodyUrls, CachedResponse};
 pub use key::CacheKey;
 pub use policy::Freshness;
 

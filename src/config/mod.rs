@@ -403,6 +403,9 @@ pub struct ServerSettings {
     /// When unset it is derived from each request's `Host` (or a trusted proxy's `Forwarded`).
     #[serde(deserialize_with = "de_opt_url")]
     pub public_url: Option<Url>,
+    /// Rewrite upstream URLs at the start of JSON strings in bodies (`url`, `issues_url`, ...)
+    /// to the public base too, so clients that follow them stay behind the gateway.
+    pub rewrite_body_urls: bool,
     /// Peers whose `Forwarded` / `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Key for the credential partition hash. Generated and kept in `store.data_dir` when unset.
@@ -441,6 +444,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             public_url: None,
+            rewrite_body_urls: true,
             trusted_proxies: Vec::new(),
             secret: None,
             admin_token: None,

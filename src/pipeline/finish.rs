@@ -14,7 +14,7 @@ use tracing::debug;
 use super::fill::{Answer, Streamed};
 use super::send::SendError;
 use super::{Gateway, RequestCtx};
-use crate::cache::{CachedResponse, Outcome};
+use crate::cache::{BodyUrls, CachedResponse, Outcome};
 use crate::github;
 use crate::identity::Partition;
 use crate::rewrite;
@@ -31,16 +31,7 @@ impl Gateway {
         // The public base is worked out only for answers that carry a URL to rewrite.
         let headers = response.headers();
         if headers.contains_key(http::header::LINK) || headers.contains_key(http::header::LOCATION) {
-            // When no public base can be worked out (no usable Host), the listener's own
-            // address stands in: a client is never handed the upstream's URL.
-            let public_base = rewrite::public_base(
-                self.public_url.as_deref(),
-                &parts.headers,
-                &parts.uri,
-                ctx.peer.ip(),
-                &self.settings.server.trusted_proxies,
-            )
-            .unwrap_or_else(|| format!("http://{}", ctx.local));
+            let public_base = self.public_base(ctx);
             rewrite::rewrite_headers(response.headers_mut(), &self.upstream_base, &public_base);
         }
         response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(outcome.as_str()));
@@ -59,6 +50,58 @@ impl Gateway {
         response
     }
 
+    /// The base URL this client reached the gateway at, which upstream URLs are rewritten to.
+    /// When none can be worked out (no usable `Host`), the listener's own address stands in:
+    /// a client is never handed the upstream's URL.
+    fn public_base(&self, ctx: &RequestCtx) -> String {
+        let parts = &ctx.parts;
+        rewrite::public_base(
+            self.public_url.as_deref(),
+            &parts.headers,
+            &parts.uri,
+            ctx.peer.ip(),
+            &self.settings.server.trusted_proxies,
+        )
+        .unwrap_or_else(|| format!("http://{}", ctx.local))
+    }
+
+    /// The body a client gets: GitHub's bytes, with upstream URLs that start JSON strings
+    /// pointing at the gateway (`server.rewrite_body_urls`; `Content-Length` follows). `urls`
+    /// caches where they are (a stored entry's); without it the body is searched now. Empty
+    /// for HEAD, with the length a GET would get.
+    pub(super) fn client_body(
+        &self,
+        ctx: &RequestCtx,
+        body: &Bytes,
+        urls: Option<&BodyUrls>,
+        headers: &mut HeaderMap,
+    ) -> Body {
+        let as_is = |head: bool| if head { Body::empty() } else { Body::from(body.clone()) };
+        if !self.settings.server.rewrite_body_urls || !rewrite::is_json(headers) {
+            return as_is(ctx.head);
+        }
+        let find = || rewrite::body_url_offsets(body, &self.upstream_base);
+        let found;
+        let offsets = match urls {
+            Some(urls) => urls.get_or_find(find),
+            None => {
+                found = find();
+                &found[..]
+            }
+        };
+        if offsets.is_empty() {
+            return as_is(ctx.head);
+        }
+        let public_base = self.public_base(ctx);
+        let base_len = self.upstream_base.len();
+        let len = rewrite::spliced_len(body.len(), offsets.len(), base_len, &public_base);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        if ctx.head {
+            return Body::empty();
+        }
+        Body::from(rewrite::splice_body(body, offsets, base_len, &public_base))
+    }
+
     /// The answer a stored entry gives this request: headers with `Age` and the latest
     /// rate-limit values, a 304 when the client's validators match, no body for HEAD.
     pub(super) fn entry_response(
@@ -73,7 +116,7 @@ impl Gateway {
         if entry.satisfies_conditional(&ctx.parts.headers) {
             return not_modified(headers);
         }
-        let body = if ctx.head { Body::empty() } else { Body::from(entry.body.clone()) };
+        let body = self.client_body(ctx, &entry.body, Some(&entry.body_urls), &mut headers);
         build_response(entry.status, headers, body)
     }
 
@@ -87,7 +130,7 @@ impl Gateway {
         if answer.status == StatusCode::NOT_MODIFIED {
             return not_modified(headers);
         }
-        let body = if ctx.head { Body::empty() } else { Body::from(answer.body.clone()) };
+        let body = self.client_body(ctx, &answer.body, None, &mut headers);
         build_response(answer.status, headers, body)
     }
 

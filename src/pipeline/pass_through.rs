@@ -14,7 +14,7 @@ use http::{Method, StatusCode};
 use tracing::warn;
 
 use super::fill::Streamed;
-use super::finish::{send_error_response, streamed_response};
+use super::finish::{build_response, send_error_response, streamed_response};
 use super::send::{ClientBody, Outgoing, SendBody, SendError, is_unsafe};
 use super::short_circuit::NEGATIVE_BODY_MAX;
 use super::{Gateway, RequestCtx, UpstreamAuth};
@@ -24,6 +24,10 @@ use crate::identity::Partition;
 use crate::inbound::{body_too_large, declared_length};
 use crate::negative::{Candidate, Verdict};
 use crate::upstream;
+
+/// Pass-through JSON answers up to this size are read whole to rewrite their body URLs;
+/// larger ones stream through as they are.
+const REWRITE_BUFFER_MAX: u64 = 1024 * 1024;
 
 impl Gateway {
     /// The pass-through track, from the short-circuit phase to the streamed answer.
@@ -106,7 +110,32 @@ impl Gateway {
             // limit) may be replayed to this credential.
             self.negative.note_access(caller.partition.as_str(), parts.uri.path()).await;
         }
-        streamed_response(Streamed { response, prefix: Vec::new() }, parts.method == Method::HEAD)
+        let head = parts.method == Method::HEAD;
+        if self.settings.server.rewrite_body_urls
+            && !head
+            && crate::rewrite::is_json(response.headers())
+            && response.content_length().is_some_and(|len| len <= REWRITE_BUFFER_MAX)
+        {
+            return self.with_body_urls_rewritten(ctx, response).await;
+        }
+        streamed_response(Streamed { response, prefix: Vec::new() }, head)
+    }
+
+    /// A small JSON answer read whole, so the upstream URLs in it can point at the gateway.
+    async fn with_body_urls_rewritten(&self, ctx: &RequestCtx, response: reqwest::Response) -> Response {
+        let status = response.status();
+        let mut headers = response.headers().clone();
+        upstream::strip_hop_by_hop(&mut headers);
+        match response.bytes().await {
+            Ok(body) => {
+                let body = self.client_body(ctx, &body, None, &mut headers);
+                build_response(status, headers, body)
+            }
+            Err(e) => {
+                warn!(error = %upstream::error_chain(&e.without_url()), path = ctx.path(), "upstream body broke off");
+                github::error_response(StatusCode::BAD_GATEWAY, "ghgate: upstream answer broke off")
+            }
+        }
     }
 
     /// Reads a small 403 to tell a secondary rate limit (held back) from a permissions answer,

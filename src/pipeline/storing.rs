@@ -78,6 +78,7 @@ impl Gateway {
             vary,
             path_key: key.path_key.clone(),
             credential_tag,
+            body_urls: Default::default(),
         });
         self.metrics.cache_stores.increment(1);
         let ttl = entry.time_to_keep(now);

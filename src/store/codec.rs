@@ -216,6 +216,7 @@ pub(crate) fn decode_response(bytes: &[u8]) -> Result<Decoded, CodecError> {
         vary,
         path_key: s.path_key,
         credential_tag: s.credential_tag,
+        body_urls: Default::default(),
     };
     Ok(Decoded { entry, shared_body })
 }
@@ -243,6 +244,7 @@ mod tests {
             vary: vec![(HeaderName::from_static("cookie"), None)],
             path_key: "/repos/o/r".into(),
             credential_tag: Some(42),
+            body_urls: Default::default(),
         }
     }
 

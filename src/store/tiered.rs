@@ -346,6 +346,7 @@ mod tests {
             vary: Vec::new(),
             path_key: "/repos/o/r".into(),
             credential_tag: None,
+            body_urls: Default::default(),
         })
     }
 

@@ -577,3 +577,49 @@ async fn upstream_errors_never_echo_the_query_string() {
     assert_eq!(r.status(), 502);
     assert!(!r.text().await.unwrap().contains("hunter2"));
 }
+
+#[tokio::test]
+async fn upstream_urls_in_json_bodies_point_at_the_gateway() {
+    let fake = FakeGitHub::start().await;
+    let base = fake.url();
+    let json = format!(
+        r#"{{"url":"{base}/repos/octo/hello","issues_url":"{base}/repos/octo/hello/issues{{/number}}","html_url":"https://github.com/octo/hello","description":"mirror of {base}/x"}}"#
+    );
+    fake.put(REPO, Resource::json(json.clone()));
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let expected = json.replace(&format!("\"{base}/"), &format!("\"{}/", gw.url));
+    assert_ne!(expected, json);
+    assert!(expected.contains(r#""html_url":"https://github.com/octo/hello""#), "other hosts stay");
+    assert!(expected.contains(&format!("mirror of {base}/x")), "URLs inside text stay");
+    for (token, want) in [("tok-a", "MISS"), ("tok-a", "HIT"), ("tok-b", "REVALIDATED")] {
+        let r = gw.get(REPO, Some(token)).await;
+        assert_eq!(outcome(&r), want);
+        let length: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
+        let body = r.text().await.unwrap();
+        assert_eq!(body, expected, "{want}");
+        assert_eq!(length, body.len(), "Content-Length follows");
+    }
+    let head = gw
+        .client
+        .head(format!("{}{REPO}", gw.url))
+        .header("authorization", "token tok-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.headers()["content-length"].to_str().unwrap(), expected.len().to_string());
+    // A pass-through JSON answer (a write) too.
+    let echo = format!(r#"{{"url":"{base}/repos/octo/hello/issues/1"}}"#);
+    let r = gw
+        .client
+        .post(format!("{}{REPO}/issues", gw.url))
+        .header("authorization", "token tok-a")
+        .body(echo)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), format!(r#"{{"url":"{}/repos/octo/hello/issues/1"}}"#, gw.url));
+
+    // Switched off, clients get GitHub's bytes.
+    let raw = start_gateway(&fake.url(), |s| s.server.rewrite_body_urls = false).await;
+    assert_eq!(raw.get(REPO, Some("tok-a")).await.text().await.unwrap(), json);
+}
