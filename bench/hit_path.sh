@@ -8,6 +8,7 @@
 #   bash bench/hit_path.sh                         # 10 s per run, 50 connections, 5 rounds
 #   RUNS=7 DURATION=5s bash bench/hit_path.sh
 #   BASELINE_BIN=/tmp/ghgate-before bash bench/hit_path.sh
+#   BODY_URLS=40 bash bench/hit_path.sh            # bodies with 40 URLs to rewrite
 #
 # Each round loads every target once, in turn (bare, ghgate[, baseline]); the table gives per
 # target the median of the rounds with the range (min–max) of throughput, the median p50 and
@@ -27,6 +28,9 @@ RUNS=${RUNS:-5}
 THREADS=${THREADS:-1}
 ENTRIES=${ENTRIES:-10000}
 UP_PORT=${UP_PORT:-18181}
+# Upstream URLs in each body, which ghgate rewrites to itself on every answer (a real
+# `GET /repos/o/r` has about 40).
+BODY_URLS=${BODY_URLS:-0}
 GW_PORT=${GW_PORT:-18080}
 ADMIN_PORT=${ADMIN_PORT:-18090}
 BASE_PORT=${BASE_PORT:-18081}
@@ -45,7 +49,8 @@ work=$(mktemp -d)
 cleanup() { kill "${GW_PID:-}" "${BASE_PID:-}" "${UP_PID:-}" "${BARE_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-target/release/examples/bench_upstream --port "$UP_PORT" --resources "$ENTRIES" >"$work/upstream.log" 2>&1 &
+target/release/examples/bench_upstream --port "$UP_PORT" --resources "$ENTRIES" --body-urls "$BODY_URLS" \
+  >"$work/upstream.log" 2>&1 &
 UP_PID=$!
 start_gateway() { # binary port admin_port data_dir
   env ${GATEWAY_ENV:-} GHGATE_INBOUND__LIMIT_ENABLED=false GHGATE_LOG__LEVEL=warn GHGATE_STORE__DATA_DIR="$4" \

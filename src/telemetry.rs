@@ -553,9 +553,12 @@ pub fn init_logging(settings: &LogSettings) -> Result<(), String> {
         _ => EnvFilter::try_new(&settings.level).map_err(|e| format!("log.level: {e}"))?,
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a file, a pipe or a log collector would get
+    // `ESC[2m…` sequences in every line. JSON lines never carry any.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = match settings.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.with_ansi(colour).try_init(),
     };
     result.map_err(|e| format!("log subscriber: {e}"))
 }

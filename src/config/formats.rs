@@ -16,6 +16,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expected a duration such as \"30s\" or \"24h\", got {text:?} ({e})"))
 }
 
+/// A size as people read it: `256 MiB`, `1.5 GiB`, `512 KiB`, `100 B` (for logs and the
+/// status page; [`parse_size`] reads the settings' spelling).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 || value >= 100.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{:.1} {}", value, UNITS[unit]).replace(".0 ", " ")
+    }
+}
+
 /// Parses `"256MiB"`, `"10MB"`, `"512KiB"` or a bare number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();

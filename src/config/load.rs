@@ -157,6 +157,15 @@ mod tests {
     #[test]
     fn sizes_and_durations_parse_in_human_units() {
         assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        for (bytes, text) in [
+            (268_435_456, "256 MiB"),
+            (67_108_864, "64 MiB"),
+            (1536 << 20, "1.5 GiB"),
+            (100, "100 B"),
+            (1024, "1 KiB"),
+        ] {
+            assert_eq!(crate::config::human_size(bytes), text);
+        }
         assert_eq!(parse_size("10 MB").unwrap(), 10_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());

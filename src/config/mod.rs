@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
-pub use formats::{parse_duration, parse_size};
+pub use formats::{human_size, parse_duration, parse_size};
 pub use load::Overrides;
 
 use crate::path_pattern::PathPattern;

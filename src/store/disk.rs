@@ -250,7 +250,7 @@ impl Store for DiskStore {
     }
 
     fn location(&self) -> String {
-        format!("disk {} (max {} bytes)", self.dir.display(), self.max_bytes)
+        format!("disk {} (max {})", self.dir.display(), crate::config::human_size(self.max_bytes))
     }
 }
 

@@ -99,6 +99,6 @@ impl Store for MemoryStore {
     }
 
     fn location(&self) -> String {
-        format!("memory (max {} bytes)", self.max_bytes)
+        format!("memory (max {})", crate::config::human_size(self.max_bytes))
     }
 }

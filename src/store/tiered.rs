@@ -21,6 +21,7 @@ use super::bodies::BodyPool;
 use super::shared_bodies::{self, SHARED_BODY_MIN, SharedBodies};
 use super::{Health, Store, StoreError, codec};
 use crate::cache::CachedResponse;
+use crate::config::human_size;
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
@@ -318,8 +319,8 @@ impl ResponseCache {
     /// Where answers live.
     pub(crate) fn location(&self) -> String {
         match &self.backend {
-            Some(b) => format!("{} with a {} byte memory tier", b.location(), self.hot_max_bytes),
-            None => format!("memory (max {} bytes)", self.hot_max_bytes),
+            Some(b) => format!("{} with a {} memory tier", b.location(), human_size(self.hot_max_bytes)),
+            None => format!("memory (max {})", human_size(self.hot_max_bytes)),
         }
     }
 }

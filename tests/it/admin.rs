@@ -34,6 +34,11 @@ async fn purges_mark_a_path_a_repository_or_an_owner_stale() {
     assert_eq!(stats["answers"]["miss"], 4);
     assert!(stats["hit_ratio"].as_f64().unwrap() > 0.5, "{stats}");
     assert_eq!(stats["store"]["entries"], 4);
+    let location = stats["store"]["location"].as_str().unwrap();
+    assert!(
+        location.contains("(max 256 MiB) with a 64 MiB memory tier"),
+        "sizes as people read them: {location}"
+    );
 }
 
 #[tokio::test]

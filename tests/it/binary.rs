@@ -156,6 +156,7 @@ async fn serve_runs_with_flags_alone_stops_on_sigterm_and_never_logs_credentials
     assert!(logs.contains("ghgate listening"), "{logs}");
     assert!(logs.contains("ghgate::access"), "debug logs show each request: {logs}");
     assert!(!logs.contains("SuperSecretToken"), "a credential reached the logs:\n{logs}");
+    assert!(!logs.contains('\u{1b}'), "logs to a pipe carry no colour escapes:\n{logs}");
 }
 
 #[test]
