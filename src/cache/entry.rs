@@ -35,15 +35,33 @@ pub struct CachedResponse {
     pub body_urls: BodyUrls,
 }
 
-/// The offsets of upstream URLs in a body, found once per entry: every hit that rewrites them
-/// then only splices.
+/// The upstream URLs in a body, found once per entry, and the body rewritten for the first
+/// public base that asked: every later hit from that base shares the rewritten bytes, hits
+/// from another base splice their own.
 #[derive(Debug, Clone, Default)]
-pub struct BodyUrls(std::sync::OnceLock<std::sync::Arc<[u32]>>);
+pub struct BodyUrls {
+    offsets: std::sync::OnceLock<std::sync::Arc<[u32]>>,
+    rewritten: std::sync::OnceLock<(Box<str>, Bytes)>,
+}
 
 impl BodyUrls {
     /// The offsets, found with `find` the first time.
     pub(crate) fn get_or_find(&self, find: impl FnOnce() -> Vec<u32>) -> &[u32] {
-        self.0.get_or_init(|| find().into())
+        self.offsets.get_or_init(|| find().into())
+    }
+
+    /// The body rewritten for `public_base`, made with `make` unless it was made for that base
+    /// already (only the first base's copy is kept).
+    pub(crate) fn rewritten_for(&self, public_base: &str, make: impl FnOnce() -> Bytes) -> Bytes {
+        if let Some((base, body)) = self.rewritten.get() {
+            if **base == *public_base {
+                return body.clone();
+            }
+            return make();
+        }
+        let body = make();
+        let _ = self.rewritten.set((public_base.into(), body.clone()));
+        body
     }
 }
 
@@ -197,6 +215,21 @@ mod tests {
             h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_rewritten_body_is_kept_for_the_first_public_base_only() {
+        let urls = BodyUrls::default();
+        let first = urls.rewritten_for("http://a", || Bytes::from(vec![1u8; 10]));
+        let again = urls.rewritten_for("http://a", || unreachable!("kept"));
+        assert_eq!(first.as_ptr(), again.as_ptr());
+        let mut made = false;
+        let other = urls.rewritten_for("http://b", || {
+            made = true;
+            Bytes::from_static(b"b")
+        });
+        assert!(made && other == "b");
+        assert_eq!(urls.rewritten_for("http://a", || unreachable!()).as_ptr(), first.as_ptr());
     }
 
     #[test]

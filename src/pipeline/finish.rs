@@ -67,8 +67,10 @@ impl Gateway {
 
     /// The body a client gets: GitHub's bytes, with upstream URLs that start JSON strings
     /// pointing at the gateway (`server.rewrite_body_urls`; `Content-Length` follows). `urls`
-    /// caches where they are (a stored entry's); without it the body is searched now. Empty
-    /// for HEAD, with the length a GET would get.
+    /// is a stored entry's: where they are, and the body rewritten for the first public base
+    /// (pooled like bodies, so partitions share it and the memory tier's bound counts it);
+    /// without it the body is searched and spliced now. Empty for HEAD, with the length a GET
+    /// would get.
     pub(super) fn client_body(
         &self,
         ctx: &RequestCtx,
@@ -99,7 +101,11 @@ impl Gateway {
         if ctx.head {
             return Body::empty();
         }
-        Body::from(rewrite::splice_body(body, offsets, base_len, &public_base))
+        let splice = || self.responses.intern(&rewrite::splice_body(body, offsets, base_len, &public_base));
+        match urls {
+            Some(urls) => Body::from(urls.rewritten_for(&public_base, splice)),
+            None => Body::from(rewrite::splice_body(body, offsets, base_len, &public_base)),
+        }
     }
 
     /// The answer a stored entry gives this request: headers with `Age` and the latest

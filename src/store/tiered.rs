@@ -232,6 +232,12 @@ impl ResponseCache {
         self.put(key, entry, ttl).await
     }
 
+    /// `body` pooled: the copy already held when an entry holds equal bytes (for bodies the
+    /// memory tier's entries keep beside their own, such as rewritten copies).
+    pub(crate) fn intern(&self, body: &bytes::Bytes) -> bytes::Bytes {
+        self.bodies.intern(body)
+    }
+
     /// `entry` with its body pooled: the memory tier keeps only pooled bodies.
     fn pooled(&self, entry: Arc<CachedResponse>) -> Arc<CachedResponse> {
         let body = self.bodies.intern(&entry.body);
