@@ -8,6 +8,7 @@ mod admin;
 mod app_broker;
 mod binary;
 mod caching;
+mod clients;
 mod fleet;
 mod hostile;
 mod limits;

@@ -40,6 +40,9 @@ pub struct Resource {
     pub strong_etag: bool,
     /// Bodies some tokens get instead of `json` (GitHub's answers can differ per credential).
     pub per_token: HashMap<String, String>,
+    /// A list paged like GitHub's: `?page=N` gets the N-th JSON array, with `Link` to the
+    /// next and last pages (none past the last).
+    pub pages: Option<Vec<String>>,
 }
 
 impl Resource {
@@ -55,7 +58,15 @@ impl Resource {
             cache_control: None,
             strong_etag: false,
             per_token: HashMap::new(),
+            pages: None,
         }
+    }
+
+    /// A list of `pages` JSON arrays, served a page at a time as GitHub does.
+    pub fn pages(pages: Vec<String>) -> Self {
+        let mut resource = Resource::json(pages.first().cloned().unwrap_or_else(|| "[]".into()));
+        resource.pages = Some(pages);
+        resource
     }
 
     /// `token` gets `json` instead of the resource's usual body.
@@ -580,7 +591,9 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
     // Pagination: `?page=N` of a list resource, with absolute Link URLs like GitHub's.
     let page: u64 =
         query.split('&').find_map(|kv| kv.strip_prefix("page=")).and_then(|p| p.parse().ok()).unwrap_or(1);
-    let body = if query.contains("page=") || path.ends_with("/issues") {
+    let body = if let Some(pages) = &resource.pages {
+        pages.get(page.saturating_sub(1) as usize).cloned().unwrap_or_else(|| "[]".into())
+    } else if query.contains("page=") || path.ends_with("/issues") {
         format!(r#"{{"page":{page},"items":{body}}}"#)
     } else {
         body
@@ -613,7 +626,22 @@ fn get(state: &FakeState, req: &HeaderMap, path: &str, query: &str, cred: &str, 
             HeaderValue::from_str(&httpdate::fmt_http_date(resource.modified)).unwrap(),
         );
     }
-    if query.contains("page=") || path.ends_with("/issues") {
+    if let Some(pages) = &resource.pages {
+        let base = state.base.lock().unwrap().clone();
+        let last = pages.len() as u64;
+        let mut links = Vec::new();
+        if page < last {
+            links.push(format!("<{base}{path}?page={}>; rel=\"next\"", page + 1));
+            links.push(format!("<{base}{path}?page={last}>; rel=\"last\""));
+        }
+        if page > 1 {
+            links.push(format!("<{base}{path}?page={}>; rel=\"prev\"", page - 1));
+            links.push(format!("<{base}{path}?page=1>; rel=\"first\""));
+        }
+        if !links.is_empty() {
+            headers.insert("link", HeaderValue::from_str(&links.join(", ")).unwrap());
+        }
+    } else if query.contains("page=") || path.ends_with("/issues") {
         let base = state.base.lock().unwrap().clone();
         let link =
             format!("<{base}{path}?page={}>; rel=\"next\", <{base}{path}?page=5>; rel=\"last\"", page + 1);

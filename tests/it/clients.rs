@@ -1,0 +1,162 @@
+//! Real client libraries against ghgate and the fake GitHub: each runs a workflow a new user
+//! would try, and what it saw is compared with what the fake serves directly. No request may
+//! reach the fake except through the gateway (the fake's request count equals the gateway's
+//! upstream count).
+//!
+//! The clients are installed on first use (PyGithub into a venv under the target directory,
+//! pinned); `GHGATE_SKIP_CLIENT_TESTS=1` skips them on a machine that cannot install them.
+
+use crate::support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use support::{FakeGitHub, Resource, start_gateway};
+
+const PYGITHUB: &str = "PyGithub==2.10.0";
+const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
+
+fn skipped() -> bool {
+    std::env::var("GHGATE_SKIP_CLIENT_TESTS").is_ok_and(|v| v == "1")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// A Python with PyGithub, made on first use.
+fn pygithub_python() -> PathBuf {
+    let venv = target_dir().join("clients/venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| {
+        Command::new(python).args(["-c", "import github"]).status().is_ok_and(|s| s.success())
+    };
+    if !ready(&python) {
+        let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
+        assert!(made.is_ok_and(|s| s.success()), "python3 -m venv failed (is python3-venv installed?)");
+        let pip = Command::new(venv.join("bin/pip")).args(["install", "--quiet", PYGITHUB]).status();
+        assert!(pip.is_ok_and(|s| s.success()), "pip install {PYGITHUB} failed");
+    }
+    assert!(ready(&python));
+    python
+}
+
+/// The fake GitHub a workflow reads: a repository whose body URLs point at the fake (as
+/// GitHub's point at api.github.com), its README, three pages of issues, a commit, the rate
+/// limit.
+async fn fake_repository() -> FakeGitHub {
+    let fake = FakeGitHub::start().await;
+    let base = fake.url();
+    fake.put(
+        "/repos/octo/hello",
+        Resource::json(format!(
+            r#"{{"id":1,"name":"hello","full_name":"octo/hello","private":false,"owner":{{"login":"octo","id":2,"type":"User","url":"{base}/users/octo","html_url":"https://github.com/octo"}},"html_url":"https://github.com/octo/hello","url":"{base}/repos/octo/hello","issues_url":"{base}/repos/octo/hello/issues{{/number}}","commits_url":"{base}/repos/octo/hello/commits{{/sha}}","statuses_url":"{base}/repos/octo/hello/statuses/{{sha}}"}}"#
+        )),
+    );
+    let readme = base64::engine::general_purpose::STANDARD.encode("# hello\n");
+    fake.put(
+        "/repos/octo/hello/readme",
+        Resource::json(format!(
+            r#"{{"type":"file","encoding":"base64","name":"README.md","path":"README.md","sha":"3d21ec53a331a6f037a91c368710b99387d012c1","size":8,"content":"{readme}","url":"{base}/repos/octo/hello/contents/README.md","html_url":"https://github.com/octo/hello/blob/main/README.md"}}"#
+        )),
+    );
+    let issue = |n: u64| {
+        format!(
+            r#"{{"id":{n}00,"number":{n},"title":"issue {n}","state":"open","url":"{base}/repos/octo/hello/issues/{n}","repository_url":"{base}/repos/octo/hello","html_url":"https://github.com/octo/hello/issues/{n}"}}"#
+        )
+    };
+    let pages = (0..3).map(|p| format!("[{},{}]", issue(2 * p + 1), issue(2 * p + 2))).collect();
+    fake.put("/repos/octo/hello/issues", Resource::pages(pages));
+    fake.put(
+        &format!("/repos/octo/hello/commits/{SHA}"),
+        Resource::json(format!(
+            r#"{{"sha":"{SHA}","url":"{base}/repos/octo/hello/commits/{SHA}","html_url":"https://github.com/octo/hello/commit/{SHA}","commit":{{"message":"m"}}}}"#
+        )),
+    );
+    let rate = r#"{"limit":5000,"used":1,"remaining":4999,"reset":1893456000}"#;
+    fake.put(
+        "/rate_limit",
+        Resource::json(format!(
+            r#"{{"resources":{{"core":{rate},"search":{rate},"graphql":{rate}}},"rate":{rate}}}"#
+        )),
+    );
+    fake
+}
+
+/// Runs tests/clients/pygithub_flow.py against the gateway at `url`.
+async fn run_pygithub(python: &Path, url: &str) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pygithub_flow.py");
+    let (python, url) = (python.to_path_buf(), url.to_string());
+    tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("GHGATE_URL", url)
+            .env("GHGATE_TOKEN", "tok-python")
+            .env("GHGATE_SHA", SHA)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Every upstream request the gateway made, by its metrics.
+async fn upstream_requests(gw: &support::TestGateway) -> f64 {
+    gw.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("ghgate_upstream_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn pygithub_follows_body_urls_through_the_gateway() {
+    if skipped() {
+        return;
+    }
+    let python = tokio::task::spawn_blocking(pygithub_python).await.unwrap();
+    let fake = fake_repository().await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let out = run_pygithub(&python, &gw.url).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the PyGithub workflow failed:\n{stderr}");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // What the fake serves directly.
+    let direct = |path: &str| {
+        let client = support::client();
+        let url = format!("{}{path}", fake.url());
+        async move {
+            let r = client.get(url).header("authorization", "token tok-direct").send().await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()
+        }
+    };
+    let repo = direct("/repos/octo/hello").await;
+    assert_eq!(seen["full_name"], repo["full_name"]);
+    assert_eq!(seen["owner"], repo["owner"]["login"], "a nested object");
+    assert_eq!(seen["readme"], "# hello\n");
+    assert_eq!(seen["issues"], serde_json::json!([1, 2, 3, 4, 5, 6]), "every page, to the end: {stderr}");
+    assert_eq!(seen["status"], "success");
+    let rate_limit = direct("/rate_limit").await;
+    assert_eq!(seen["rate_limit"]["resources"], rate_limit["resources"]);
+    assert_eq!(seen["rate_limit"]["rate"], rate_limit["rate"]);
+
+    // Without body URL rewriting, PyGithub refuses the URLs GitHub put in the bodies.
+    let raw = start_gateway(&fake.url(), |s| s.server.rewrite_body_urls = false).await;
+    let refused = run_pygithub(&python, &raw.url).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("AssertionError"), "PyGithub's URL check");
+    let raw_upstream = upstream_requests(&raw).await;
+
+    let through_gateway = upstream_requests(&gw).await + raw_upstream;
+    let direct_reads = 2.0;
+    assert_eq!(
+        fake.requests() as f64 - direct_reads,
+        through_gateway,
+        "a request reached the fake other than through the gateway"
+    );
+}
