@@ -3,8 +3,9 @@
 //! reach the fake except through the gateway (the fake's request count equals the gateway's
 //! upstream count).
 //!
-//! The clients are installed on first use (PyGithub into a venv under the target directory,
-//! pinned); `GHGATE_SKIP_CLIENT_TESTS=1` skips them on a machine that cannot install them.
+//! The clients are installed on first use, pinned, under the target directory (PyGithub into a
+//! venv, Octokit with `npm ci` from `tests/clients/package-lock.json`);
+//! `GHGATE_SKIP_CLIENT_TESTS=1` skips them on a machine that cannot install them.
 
 use crate::support;
 
@@ -61,7 +62,8 @@ async fn fake_repository() -> FakeGitHub {
         "/repos/octo/hello/readme",
         Resource::json(format!(
             r#"{{"type":"file","encoding":"base64","name":"README.md","path":"README.md","sha":"3d21ec53a331a6f037a91c368710b99387d012c1","size":8,"content":"{readme}","url":"{base}/repos/octo/hello/contents/README.md","html_url":"https://github.com/octo/hello/blob/main/README.md"}}"#
-        )),
+        ))
+        .variant("raw", "# hello\n"),
     );
     let issue = |n: u64| {
         format!(
@@ -84,6 +86,75 @@ async fn fake_repository() -> FakeGitHub {
         )),
     );
     fake
+}
+
+/// A directory with Octokit installed (`npm ci` from the committed lock) and the workflow
+/// script beside it (ES modules resolve packages from the script's directory).
+fn octokit_dir() -> PathBuf {
+    let dir = target_dir().join("clients/node");
+    std::fs::create_dir_all(&dir).unwrap();
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    for file in ["package.json", "package-lock.json", "octokit_flow.mjs"] {
+        std::fs::copy(clients.join(file), dir.join(file)).unwrap();
+    }
+    if !dir.join("node_modules/@octokit/rest/package.json").is_file() {
+        let npm =
+            Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--quiet"]).current_dir(&dir).status();
+        assert!(
+            npm.is_ok_and(|s| s.success()),
+            "npm ci in {} failed (are node and npm installed?)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// What the fake serves `path` directly, as JSON.
+async fn direct(fake: &FakeGitHub, path: &str) -> serde_json::Value {
+    let url = format!("{}{path}", fake.url());
+    let r = support::client().get(url).header("authorization", "token tok-direct").send().await.unwrap();
+    serde_json::from_str(&r.text().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn octokit_follows_body_urls_through_the_gateway() {
+    if skipped() {
+        return;
+    }
+    let dir = tokio::task::spawn_blocking(octokit_dir).await.unwrap();
+    let fake = fake_repository().await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let url = gw.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("octokit_flow.mjs")
+            .current_dir(dir)
+            .env("GHGATE_URL", url)
+            .env("GHGATE_TOKEN", "tok-node")
+            .env("GHGATE_SHA", SHA)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the Octokit workflow failed:\n{stderr}");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let repo = direct(&fake, "/repos/octo/hello").await;
+    assert_eq!(seen["full_name"], repo["full_name"]);
+    assert_eq!(seen["issues_url"], format!("{}/repos/octo/hello/issues", gw.url), "the body URL, rewritten");
+    assert_eq!(seen["readme"], "# hello\n");
+    assert_eq!(seen["raw_readme"], "# hello\n", "the raw media type");
+    assert_eq!(seen["issues"], serde_json::json!([1, 2, 3, 4, 5, 6]), "every page, to the end");
+    assert_eq!(seen["status"], "success");
+    let rate_limit = direct(&fake, "/rate_limit").await;
+    assert_eq!(seen["rate_limit"]["resources"], rate_limit["resources"]);
+    let direct_reads = 2.0;
+    assert_eq!(
+        fake.requests() as f64 - direct_reads,
+        upstream_requests(&gw).await,
+        "a request reached the fake other than through the gateway"
+    );
 }
 
 /// Runs tests/clients/pygithub_flow.py against the gateway at `url`.
@@ -126,22 +197,13 @@ async fn pygithub_follows_body_urls_through_the_gateway() {
     assert!(out.status.success(), "the PyGithub workflow failed:\n{stderr}");
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    // What the fake serves directly.
-    let direct = |path: &str| {
-        let client = support::client();
-        let url = format!("{}{path}", fake.url());
-        async move {
-            let r = client.get(url).header("authorization", "token tok-direct").send().await.unwrap();
-            serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()
-        }
-    };
-    let repo = direct("/repos/octo/hello").await;
+    let repo = direct(&fake, "/repos/octo/hello").await;
     assert_eq!(seen["full_name"], repo["full_name"]);
     assert_eq!(seen["owner"], repo["owner"]["login"], "a nested object");
     assert_eq!(seen["readme"], "# hello\n");
     assert_eq!(seen["issues"], serde_json::json!([1, 2, 3, 4, 5, 6]), "every page, to the end: {stderr}");
     assert_eq!(seen["status"], "success");
-    let rate_limit = direct("/rate_limit").await;
+    let rate_limit = direct(&fake, "/rate_limit").await;
     assert_eq!(seen["rate_limit"]["resources"], rate_limit["resources"]);
     assert_eq!(seen["rate_limit"]["rate"], rate_limit["rate"]);
 
