@@ -3,9 +3,10 @@
 //! reach the fake except through the gateway (the fake's request count equals the gateway's
 //! upstream count).
 //!
-//! The clients are installed on first use, pinned, under the target directory (PyGithub into a
-//! venv, Octokit with `npm ci` from `tests/clients/package-lock.json`);
-//! `GHGATE_SKIP_CLIENT_TESTS=1` skips them on a machine that cannot install them.
+//! PyGithub and Octokit are installed on first use, pinned, under the target directory
+//! (PyGithub into a venv, Octokit with `npm ci` from `tests/clients/package-lock.json`); `gh` is
+//! Debian's package, installed by `.ci/run`. `GHGATE_SKIP_CLIENT_TESTS=1` skips them on a
+//! machine that cannot install them.
 
 use crate::support;
 
@@ -149,6 +150,80 @@ async fn octokit_follows_body_urls_through_the_gateway() {
     assert_eq!(seen["status"], "success");
     let rate_limit = direct(&fake, "/rate_limit").await;
     assert_eq!(seen["rate_limit"]["resources"], rate_limit["resources"]);
+    let direct_reads = 2.0;
+    assert_eq!(
+        fake.requests() as f64 - direct_reads,
+        upstream_requests(&gw).await,
+        "a request reached the fake other than through the gateway"
+    );
+}
+
+/// Runs `gh api` with `args` against the gateway at `url` (gh speaks https to any host but
+/// github.com by name, so the gateway's plain-http URLs are given whole, as `gh api` users do
+/// with a `next` URL), with its own empty configuration.
+async fn gh_api(url: &str, args: &[&str]) -> String {
+    let host = url.trim_start_matches("http://").to_string();
+    let args: Vec<String> = args.iter().map(|a| a.replace("{gw}", url)).collect();
+    let shown = args.join(" ");
+    let config = tempfile::tempdir().unwrap();
+    let config_dir = config.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("gh")
+            .arg("api")
+            .args(&args)
+            .env("GH_CONFIG_DIR", config_dir)
+            .env("GH_HOST", host)
+            .env("GH_ENTERPRISE_TOKEN", "tok-gh")
+            .env("GH_NO_UPDATE_NOTIFIER", "1")
+            .env("GH_PROMPT_DISABLED", "1")
+            .env_remove("GH_TOKEN")
+            .env_remove("GITHUB_TOKEN")
+            .output()
+            .expect("gh is installed (Debian package gh; .ci/run installs it)")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gh api {shown} failed:\n{stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn gh_api_follows_body_urls_and_pages_through_the_gateway() {
+    if skipped() {
+        return;
+    }
+    let fake = fake_repository().await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let repo: serde_json::Value =
+        serde_json::from_str(&gh_api(&gw.url, &["{gw}/repos/octo/hello"]).await).unwrap();
+    assert_eq!(repo["full_name"], direct(&fake, "/repos/octo/hello").await["full_name"]);
+    // The body URL points at the gateway; `gh api` on it, paginated to the end.
+    let issues_url = repo["issues_url"].as_str().unwrap().replace("{/number}", "");
+    assert_eq!(issues_url, format!("{}/repos/octo/hello/issues", gw.url));
+    let numbers = gh_api(&gw.url, &["--paginate", &issues_url, "--jq", ".[].number"]).await;
+    assert_eq!(numbers.split_whitespace().collect::<Vec<_>>(), ["1", "2", "3", "4", "5", "6"]);
+    let raw =
+        gh_api(&gw.url, &["-H", "Accept: application/vnd.github.raw", "{gw}/repos/octo/hello/readme"]).await;
+    assert_eq!(raw, "# hello\n");
+    let state = gh_api(
+        &gw.url,
+        &[
+            "--method",
+            "POST",
+            &format!("{{gw}}/repos/octo/hello/statuses/{SHA}"),
+            "-f",
+            "state=success",
+            "-f",
+            "context=ci/gate",
+            "--jq",
+            ".state",
+        ],
+    )
+    .await;
+    assert_eq!(state.trim(), "success");
+    let rate: serde_json::Value = serde_json::from_str(&gh_api(&gw.url, &["{gw}/rate_limit"]).await).unwrap();
+    assert_eq!(rate["resources"], direct(&fake, "/rate_limit").await["resources"]);
     let direct_reads = 2.0;
     assert_eq!(
         fake.requests() as f64 - direct_reads,
