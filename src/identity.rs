@@ -130,6 +130,22 @@ pub(crate) fn canonical_authorization(value: &http::HeaderValue) -> Option<http:
     Some(canonical)
 }
 
+/// What an operator can recognise a credential by without it being shown: its kind (GitHub's
+/// token prefixes, `ghp_`, `github_pat_`, `ghs_`, …) and the first 8 hex digits of its SHA-256
+/// (`printf %s "$TOKEN" | sha256sum | cut -c1-8`), e.g. `ghp_… sha256:1a2b3c4d`.
+pub(crate) fn fingerprint(authorization: &http::HeaderValue) -> String {
+    use sha2::Digest;
+    let (_, credential) = split_scheme(authorization.as_bytes());
+    let digest = hex::encode(&Sha256::digest(credential)[..4]);
+    let kind = ["github_pat_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"]
+        .into_iter()
+        .find(|prefix| credential.starts_with(prefix.as_bytes()));
+    match kind {
+        Some(kind) => format!("{kind}… sha256:{digest}"),
+        None => format!("token sha256:{digest}"),
+    }
+}
+
 /// `token` and `Bearer`, in any case: the same credential to GitHub.
 pub(crate) fn is_token_scheme(scheme: &[u8]) -> bool {
     scheme.eq_ignore_ascii_case(b"token") || scheme.eq_ignore_ascii_case(b"bearer")
@@ -178,6 +194,25 @@ pub(crate) fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -
             Ok(std::fs::read_to_string(&path)?.trim().as_bytes().to_vec())
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_name_the_kind_and_a_short_hash_never_the_token() {
+        let value = http::HeaderValue::from_static("Bearer ghp_0123456789abcdefghijklmnopqrstuvwxyzAB");
+        let print = fingerprint(&value);
+        assert!(print.starts_with("ghp_… sha256:"), "{print}");
+        assert!(!print.contains("0123456789"));
+        // sha256("alice-token") starts with these 8 digits (printf %s alice-token | sha256sum).
+        let plain = fingerprint(&http::HeaderValue::from_static("token alice-token"));
+        assert_eq!(
+            plain,
+            format!("token sha256:{}", &hex::encode(<Sha256 as sha2::Digest>::digest(b"alice-token"))[..8])
+        );
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Budgets {
     shared: Option<std::sync::Arc<dyn crate::store::Store>>,
     ledger: Ledger,
     blocked: moka::sync::Cache<Partition, Block>,
+    /// What an operator knows each identity by (see [`Budgets::label`]), per partition id.
+    labels: quick_cache::sync::Cache<String, std::sync::Arc<str>>,
 }
 
 /// The latest rate-limit line per identity and resource. Read on every cache hit (the answer
@@ -137,6 +139,9 @@ impl Ledger {
 pub struct LedgerLine {
     /// The identity's partition id.
     pub identity: String,
+    /// What an operator knows it by (`token sha256:1a2b3c4d`, `app ci-bot installation 7`), when
+    /// this replica has sent its requests.
+    pub label: Option<String>,
     /// The resource (`core`, `search`, ...).
     pub resource: String,
     /// `x-ratelimit-limit`
@@ -166,6 +171,16 @@ impl Budgets {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            labels: quick_cache::sync::Cache::new(LEDGER_CAPACITY),
+        }
+    }
+
+    /// Remembers what an operator knows `partition` by — a token's fingerprint, an app
+    /// installation and its clients — for the ledger and the status page. Called when a request
+    /// goes upstream (every identity with a ledger line has sent one); kept in this process.
+    pub(crate) fn label(&self, partition: &Partition, label: impl FnOnce() -> String) {
+        if !self.labels.contains_key(partition.as_str()) {
+            self.labels.insert(partition.as_str().to_string(), label().into());
         }
     }
 
@@ -333,6 +348,7 @@ impl Budgets {
             .iter()
             .map(|(key, l)| LedgerLine {
                 identity: key.partition.to_string(),
+                label: self.labels.get(key.partition.as_str()).map(|l| l.to_string()),
                 resource: key.resource.clone(),
                 limit: l.limit,
                 remaining: l.remaining,

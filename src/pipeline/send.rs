@@ -94,6 +94,9 @@ impl Gateway {
             }
         };
         let UpstreamAuth::App(auth) = &caller.auth else {
+            if let Some(authorization) = headers.get(http::header::AUTHORIZATION) {
+                self.budgets.label(&caller.partition, || crate::identity::fingerprint(authorization));
+            }
             let mut headers = headers;
             let (basis, offers) = with_validators(&mut headers, conditional.as_ref());
             let (body, _) = body.take();
@@ -102,6 +105,9 @@ impl Gateway {
             self.inbound.record_credential(&caller.partition, response.status());
             return Ok((response, Sent { credential_tag: None, basis, offers }));
         };
+        self.budgets.label(&caller.partition, || {
+            format!("app {} installation {}", auth.app.name(), auth.installation)
+        });
         let mut retry = self.broker.retry(auth);
         loop {
             let token = retry.token().await.map_err(SendError::Broker)?;

@@ -96,6 +96,7 @@
     for (const b of s.budgets) {
       const row = el("tr", { class: "budget" });
       const who = el("td");
+      if (b.label) who.appendChild(el("span", { class: "label" }, b.label + " "));
       who.appendChild(el("code", { title: b.identity }, b.identity.slice(0, 12)));
       row.appendChild(who);
       row.appendChild(el("td", {}, b.resource));

@@ -265,6 +265,12 @@ async fn clients_of_one_installation_share_its_cache_and_never_another_installat
     assert_eq!(outcome(&get(&gw, "/repos/octo/hello", KEY_READ_ONLY).await), "REVALIDATED");
     assert_eq!(fake.last_token_permissions(), Some(serde_json::json!({ "contents": "read" })));
     assert_eq!(fake.mints(), 3);
+    // The ledger names installations as an operator knows them.
+    let ledger = gw.admin_json("/ratelimits").await;
+    let labels: Vec<&str> =
+        ledger["identities"].as_array().unwrap().iter().filter_map(|l| l["label"].as_str()).collect();
+    assert!(labels.contains(&"app ci-bot installation 7"), "{ledger}");
+    assert!(labels.contains(&"app ci-bot installation 8"), "{ledger}");
 }
 
 #[tokio::test]

@@ -90,6 +90,16 @@ async fn the_status_page_shows_ratio_chart_budgets_and_events_without_console_er
     assert_eq!(now["saved"], 12, "2 revalidations, 8 hits and 2 negative answers were free: {data}");
     assert_eq!(data["totals"]["answers"], 15);
     assert_eq!(data["budgets"].as_array().unwrap().len(), 2, "one line per identity: {data}");
+    // Identities carry what an operator knows them by: a fingerprint, never the token.
+    let fingerprint = |token: &str| {
+        use sha2::Digest;
+        format!("token sha256:{}", &hex::encode(sha2::Sha256::digest(token.as_bytes()))[..8])
+    };
+    let labels: Vec<&str> =
+        data["budgets"].as_array().unwrap().iter().filter_map(|b| b["label"].as_str()).collect();
+    for token in ["alice-token", "bob-token"] {
+        assert!(labels.contains(&fingerprint(token).as_str()), "{token}: {labels:?}");
+    }
     let events = data["events"].as_array().unwrap();
     assert!(
         events.iter().any(|e| e["kind"] == "invalidation" && e["what"] == "purge repo octo/hello"),
@@ -116,6 +126,7 @@ async fn the_status_page_shows_ratio_chart_budgets_and_events_without_console_er
     assert_eq!(page.dom.matches("<tr class=\"budget\"").count(), 2, "a budget bar per identity");
     assert!(page.dom.contains("5,000 / 5,000") || page.dom.contains("/ 5,000"), "remaining of the limit");
     assert!(page.dom.contains("purge repo octo/hello") && page.dom.contains("not_found octo/missing"));
+    assert!(page.dom.contains(&fingerprint("alice-token")), "identities are labelled on the page");
     assert!(page.dom.contains("id=\"hit-ratio-hour\" class=\"value\">80.0%"), "12 of 15 local: {}", page.dom);
     assert!(std::fs::metadata(&artifact).unwrap().len() > 10_000, "a real screenshot");
     gw.stop().await;
