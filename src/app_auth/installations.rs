@@ -147,9 +147,12 @@ impl Installations {
                 paths: lookup_paths(target),
                 metrics: Arc::clone(&self.metrics),
             };
+            // One look-up per owner across replicas too: the lock is the owner's. A replica
+            // waiting on it finds the owner's installation the holder stored; after a
+            // repository-specific "not installed" (no owner answer) it looks up itself.
             let lock = ReplicaLock {
                 backend: self.backend.clone(),
-                key: format!("lock:{}", job.store.asked_key),
+                key: format!("lock:{}", job.store.owner_key),
                 hold: self.hold,
                 wait: self.wait,
             };

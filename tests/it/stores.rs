@@ -204,3 +204,29 @@ async fn a_bad_redis_url_fails_check_config_and_a_missing_one_is_named() {
     s.store.redis_url = Some("http://not-redis".into());
     assert!(s.validate().unwrap_err().to_string().contains("store.redis_url"));
 }
+
+#[tokio::test]
+async fn replicas_look_up_each_owner_once_whichever_repositories_they_are_asked_for() {
+    let redis = RedisServer::start();
+    let fake = fake_with_app().await;
+    fake.install("octo", 7);
+    fake.install("acme", 8);
+    for path in ["/repos/octo/a", "/repos/octo/b", "/repos/acme/a", "/repos/acme/b"] {
+        fake.put(path, Resource::json(r#"{"id":1}"#));
+    }
+    fake.set_delay(Duration::from_millis(150));
+    let (a, b) = two_app_replicas(&fake.url(), &redis).await;
+    let mut tasks = Vec::new();
+    for (gw, path) in
+        [(&a, "/repos/octo/a"), (&b, "/repos/octo/b"), (&a, "/repos/acme/a"), (&b, "/repos/acme/b")]
+    {
+        let (client, url) = (gw.client.clone(), format!("{}{path}", gw.url));
+        tasks.push(tokio::spawn(async move {
+            client.get(url).header("authorization", format!("Bearer {KEY}")).send().await.unwrap().status()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    assert_eq!(fake.lookups(), 2, "one look-up per owner across both replicas");
+}
