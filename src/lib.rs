@@ -26,6 +26,7 @@ pub mod webhook;
 
 mod activity;
 mod app_auth;
+mod breaker;
 mod coalesce;
 mod invalidation;
 mod limits;

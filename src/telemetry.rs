@@ -97,6 +97,11 @@ pub struct Metrics {
     pub(crate) etag_algorithm: EtagResults,
     /// `ghgate_etag_algorithm_trusted`: 1 while computed validators may cross partitions.
     pub(crate) etag_rule_trusted: Gauge,
+    /// `ghgate_stale_if_slow_total`: reads answered from a stale entry because GitHub was slow
+    /// (past `cache.stale_if_slow`) or failing (the breaker open).
+    pub(crate) stale_if_slow: Counter,
+    /// `ghgate_upstream_breaker_open`: 1 while GitHub is failing and stale entries are served at once.
+    pub(crate) breaker_open: Gauge,
     /// `ghgate_shared_revalidations_total`: 304s that confirmed a body held for another
     /// partition (a unit the fleet did not spend).
     pub(crate) shared_revalidations: Counter,
@@ -305,6 +310,15 @@ impl Metrics {
                 "ghgate_etag_algorithm_trusted",
                 None,
                 "1 while GitHub's ETags follow the known rule and computed validators cross credentials.",
+            ),
+            stale_if_slow: counter(
+                "ghgate_stale_if_slow_total",
+                "Reads answered from a stale entry because GitHub was slow (cache.stale_if_slow) or failing (breaker open).",
+            ),
+            breaker_open: gauge(
+                "ghgate_upstream_breaker_open",
+                None,
+                "1 while GitHub is failing (timeouts, refused connections) and stale entries are served at once.",
             ),
             shared_revalidations: counter(
                 "ghgate_shared_revalidations_total",

@@ -515,6 +515,11 @@ pub struct CacheSettings {
     /// RFC 5861 window in which a stale entry is served when upstream fails.
     #[serde(with = "duration")]
     pub stale_if_error: Duration,
+    /// How long a read with a stale entry servable under `stale_if_error` waits for GitHub
+    /// before it gets the stale entry (the revalidation goes on in the background). Zero
+    /// waits the whole `upstream.timeout`.
+    #[serde(with = "duration")]
+    pub stale_if_slow: Duration,
     /// Path prefixes that are never cached (always `BYPASS`).
     pub bypass_paths: Vec<String>,
     /// Per-path freshness overrides; the first matching rule wins.
@@ -534,6 +539,7 @@ impl Default for CacheSettings {
             retain_stale: Duration::from_secs(24 * 3600),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::from_secs(300),
+            stale_if_slow: Duration::from_secs(1),
             bypass_paths: vec!["/rate_limit".into(), "/graphql".into()],
             rules: Vec::new(),
             computed_validators: true,

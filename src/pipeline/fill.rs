@@ -103,6 +103,15 @@ impl Gateway {
     ) -> (Response, Outcome) {
         let client_conditional = ctx.parts.headers.contains_key(IF_NONE_MATCH)
             || ctx.parts.headers.contains_key(IF_MODIFIED_SINCE);
+        // A stale entry stale-if-error allows to serve: while GitHub is failing it answers at
+        // once, and otherwise once GitHub has been slower than `cache.stale_if_slow`.
+        let servable = entry.clone().filter(|e| e.within_stale_if_error(SystemTime::now()));
+        if let Some(stale) = &servable {
+            if self.breaker.serve_stale_now() {
+                self.metrics.stale_if_slow.increment(1);
+                return (self.entry_response(ctx, stale, SystemTime::now()), Outcome::Stale);
+            }
+        }
         let mut request = self.fill_request(key, ctx, entry);
         request.negative = negative;
         let (fill, role) = if request.prior.is_none() && client_conditional {
@@ -114,7 +123,27 @@ impl Gateway {
             let me = Arc::clone(self);
             self.metrics.inflight_fills.set(self.fills.len() as f64);
             let (flight, role) = self.fills.join(coalesce_key, move || me.fill_once(request).boxed());
-            match flight.await {
+            let patience = self.settings.cache.stale_if_slow;
+            let landed = match &servable {
+                Some(stale) if !patience.is_zero() => match tokio::time::timeout(patience, flight).await {
+                    Ok(landed) => landed,
+                    Err(_) => {
+                        // The fill goes on in its own task and refreshes the entry when GitHub
+                        // answers. GitHub this slow counts as failing: a few such reads open
+                        // the breaker, and the next reads do not wait at all.
+                        if self.breaker.failed() {
+                            self.metrics.breaker_open.set(1.0);
+                            warn!(
+                                "GitHub is not answering; stale entries are served at once until it answers again"
+                            );
+                        }
+                        self.metrics.stale_if_slow.increment(1);
+                        return (self.entry_response(ctx, stale, SystemTime::now()), Outcome::Stale);
+                    }
+                },
+                _ => flight.await,
+            };
+            match landed {
                 Ok(fill) => (fill, role),
                 Err(panicked) => {
                     warn!(error = %panicked, "cache fill failed");
@@ -279,11 +308,19 @@ impl Gateway {
             Ok(answer) => answer,
             Err(SendError::Upstream(error)) => {
                 warn!(%error, path = %request.path, "upstream request failed");
+                if self.breaker.failed() {
+                    self.metrics.breaker_open.set(1.0);
+                    warn!("GitHub is failing; stale entries are served at once until it answers again");
+                }
                 return stale_fallback(&prior)
                     .unwrap_or_else(|| Fill::Failed(Arc::new(SendError::Upstream(error))));
             }
             Err(refused) => return Fill::Failed(Arc::new(refused)),
         };
+        if self.breaker.answered() {
+            self.metrics.breaker_open.set(0.0);
+            tracing::info!("GitHub answers again; stale entries are revalidated as usual");
+        }
         let credential_tag = sent.credential_tag;
         let status = response.status();
         if status == StatusCode::OK

@@ -38,6 +38,7 @@ use axum::response::Response;
 pub(crate) use context::{Caller, RequestCtx, UpstreamAuth};
 
 use crate::app_auth::{Broker, Identity, Rejection};
+use crate::breaker::Breaker;
 use crate::cache::Outcome;
 use crate::cache::etag::Canary;
 use crate::cache::policy::FreshnessPolicy;
@@ -78,6 +79,8 @@ pub struct Gateway {
     fills: Coalescer<String, Fill>,
     /// The first fetch of each variant under way, which other partitions' fetches wait for.
     pioneers: Pioneers,
+    /// Whether GitHub is failing, so stale entries are served at once.
+    breaker: Breaker,
     upstream: Upstream,
     /// The upstream base URL as it appears in `Link` / `Location`, and the configured public
     /// base that replaces it.
@@ -126,6 +129,7 @@ impl Gateway {
             lanes: Lanes::new(&settings.limits),
             fills: Coalescer::default(),
             pioneers: Pioneers::default(),
+            breaker: Breaker::default(),
             upstream,
             upstream_base: rewrite::base_of(&settings.upstream.url),
             public_url,

@@ -112,6 +112,60 @@ async fn a_slow_upstream_is_cut_off_at_the_configured_timeout() {
 }
 
 #[tokio::test]
+async fn a_hanging_upstream_gets_stale_answers_past_stale_if_slow_and_then_at_once() {
+    let fake = FakeGitHub::start().await;
+    fake.set_max_age(1);
+    let paths = ["/repos/octo/a", "/repos/octo/b", "/repos/octo/c"];
+    for path in paths {
+        fake.put(path, Resource::json(format!(r#"{{"path":"{path}"}}"#)));
+    }
+    let gw = start_gateway(&fake.url(), |s| {
+        s.upstream.timeout = Duration::from_secs(2);
+        s.cache.stale_if_slow = Duration::from_millis(200);
+        s.cache.stale_if_error = Duration::from_secs(600);
+    })
+    .await;
+    for path in paths {
+        assert_eq!(outcome(&gw.get(path, Some("t")).await), "MISS");
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    // GitHub stops answering: each stale read is answered past stale_if_slow, not after the
+    // whole upstream timeout; the revalidations go on in the background and time out.
+    fake.set_delay(Duration::from_secs(30));
+    for path in paths {
+        let started = Instant::now();
+        let r = gw.get(path, Some("t")).await;
+        assert_eq!(outcome(&r), "STALE");
+        assert_eq!(r.text().await.unwrap(), format!(r#"{{"path":"{path}"}}"#));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited {:?}, the upstream timeout",
+            started.elapsed()
+        );
+    }
+    // Three timeouts: GitHub is failing, and stale entries are served without asking it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(gw.metric("ghgate_upstream_breaker_open").await, 1.0);
+    let asked = fake.requests();
+    for _ in 0..20 {
+        assert_eq!(outcome(&gw.get("/repos/octo/a", Some("t")).await), "STALE");
+    }
+    assert_eq!(fake.requests(), asked, "no read waited for GitHub while it was failing");
+    assert!(gw.metric("ghgate_stale_if_slow_total").await >= 23.0);
+
+    // GitHub is back: after the open period one read probes, its answer closes the breaker.
+    fake.set_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(outcome(&gw.get("/repos/octo/b", Some("t")).await));
+    }
+    assert!(outcomes.contains(&"REVALIDATED".to_string()), "{outcomes:?}");
+    assert_eq!(gw.metric("ghgate_upstream_breaker_open").await, 0.0);
+}
+
+#[tokio::test]
 async fn a_flapping_upstream_never_turns_cached_data_into_errors() {
     let fake = FakeGitHub::start().await;
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
