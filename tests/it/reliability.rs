@@ -278,6 +278,68 @@ async fn redis_killed_and_restarted_under_load_loses_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_under_load_is_counted_and_logged_a_few_times_not_per_request() {
+    let mut redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    let paths: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            let path = format!("/repos/octo/l{i}");
+            let body = body_for(&path, 256);
+            fake.put(&path, Resource::json(body.clone()));
+            (path, body)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let gw = GatewayProcess::start(
+        &fake.url(),
+        dir.path(),
+        &[
+            ("GHGATE_STORE__BACKEND", "redis"),
+            ("GHGATE_STORE__REDIS_URL", &url),
+            ("GHGATE_STORE__REDIS_TIMEOUT", "200ms"),
+            ("GHGATE_STORE__HOT_MAX_BYTES", "1"), // every read goes to Redis
+        ],
+    )
+    .await;
+    let (stop, ok, bad) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = spawn_load(gw.url.clone(), Arc::new(paths), 8, stop.clone(), ok.clone(), bad.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let warnings_before = support::process::logs(dir.path()).matches("WARN").count();
+    let answered_before = ok.load(Ordering::Relaxed);
+    redis = tokio::task::spawn_blocking(move || {
+        redis.stop();
+        std::thread::sleep(Duration::from_secs(5));
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let (answered, bad) = (ok.load(Ordering::Relaxed) - answered_before, bad.load(Ordering::Relaxed));
+    let logs = support::process::logs(dir.path());
+    let warnings = logs.matches("WARN").count() - warnings_before;
+    let errors = gw.metric("ghgate_store_errors_total").await;
+    eprintln!(
+        "5 s Redis outage: {answered} answers, {bad} failed, {errors} store errors counted, {warnings} warnings logged"
+    );
+    assert_eq!(bad, 0, "no request lost");
+    // Counted where a command failed (while Redis is failing, commands are skipped at once
+    // for a moment between probes rather than each waiting out the timeout).
+    assert!(errors >= 1.0, "the outage is counted: {errors}");
+    assert!(warnings <= 3, "{warnings} warnings for one outage:\n{logs}");
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_disk_writes_then_restart_serves_no_corrupt_entry() {
     let fake = FakeGitHub::start().await;
     // Small and large bodies (large ones go to fjall's blob files).
