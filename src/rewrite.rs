@@ -200,7 +200,9 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().to_ascii_lowercase().ends_with("json")))
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().as_bytes())
+        .is_some_and(|t| t.len() >= 4 && t[t.len() - 4..].eq_ignore_ascii_case(b"json"))
 }
 
 #[cfg(test)]

@@ -79,10 +79,15 @@ impl Gateway {
         headers: &mut HeaderMap,
     ) -> Body {
         let as_is = |head: bool| if head { Body::empty() } else { Body::from(body.clone()) };
-        if !self.settings.server.rewrite_body_urls || !rewrite::is_json(headers) {
+        if !self.settings.server.rewrite_body_urls {
             return as_is(ctx.head);
         }
-        let find = || rewrite::body_url_offsets(body, &self.upstream_base);
+        // Only JSON bodies are searched; for a stored entry that is decided once, with its
+        // offsets (a hit does no header parsing for it).
+        let find = || match rewrite::is_json(headers) {
+            true => rewrite::body_url_offsets(body, &self.upstream_base),
+            false => Vec::new(),
+        };
         let found;
         let offsets = match urls {
             Some(urls) => urls.get_or_find(find),
