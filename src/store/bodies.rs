@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 /// The interning pool.
 #[derive(Default)]
@@ -61,7 +60,11 @@ impl BodyPool {
     /// otherwise `body` itself, now pooled. Only pooled bodies may be kept by the memory tier
     /// (the pool's count is what bounds them).
     pub(crate) fn intern(&self, body: &Bytes) -> Bytes {
-        let digest = digest(body);
+        self.intern_named(body, super::digest(body))
+    }
+
+    /// [`BodyPool::intern`] for a body whose [`super::digest`] the caller has already.
+    pub(crate) fn intern_named(&self, body: &Bytes, digest: [u8; 16]) -> Bytes {
         let mut live = self.inner.live.lock().expect("body pool poisoned");
         let colliding = match live.get(&digest).and_then(Weak::upgrade) {
             Some(held) if held.data == *body => return Bytes::from_owner(Share(held)),
@@ -87,13 +90,6 @@ impl BodyPool {
     fn count(&self) -> u64 {
         self.inner.count.load(Ordering::Relaxed)
     }
-}
-
-fn digest(body: &[u8]) -> [u8; 16] {
-    let full = Sha256::digest(body);
-    let mut digest = [0u8; 16];
-    digest.copy_from_slice(&full[..16]);
-    digest
 }
 
 #[cfg(test)]

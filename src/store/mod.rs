@@ -160,6 +160,16 @@ pub(crate) fn from_settings(settings: &Settings, metrics: Arc<Metrics>) -> Resul
     Ok(Stores { responses: ResponseCache::new(hot_bytes, backend.clone(), metrics), backend, state })
 }
 
+/// The name of a body by content: the first 16 bytes of its SHA-256. The memory tier's pool,
+/// the backends' shared bodies and the siblings index all name bodies this way.
+pub(crate) fn digest(body: &[u8]) -> [u8; 16] {
+    use sha2::Digest;
+    let full = sha2::Sha256::digest(body);
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&full[..16]);
+    digest
+}
+
 /// A value read back with [`Store::get_live`](trait.Store.html#method.get_live): its payload,
 /// checked, and when it stops counting.
 #[derive(Debug, Clone)]

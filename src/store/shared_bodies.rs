@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use super::{Store, StoreError, codec};
 
@@ -37,14 +36,6 @@ impl Default for SharedBodies {
     fn default() -> Self {
         SharedBodies { written: quick_cache::sync::Cache::new(REMEMBERED) }
     }
-}
-
-/// The digest that names a body.
-pub(crate) fn digest(body: &[u8]) -> [u8; 16] {
-    let full = Sha256::digest(body);
-    let mut digest = [0u8; 16];
-    digest.copy_from_slice(&full[..16]);
-    digest
 }
 
 fn count_key(digest: &[u8; 16]) -> String {
@@ -100,6 +91,6 @@ impl SharedBodies {
     ) -> Result<Option<Bytes>, StoreError> {
         let Some(live) = backend.get_live(&codec::body_key(digest)).await? else { return Ok(None) };
         let body = live.payload;
-        Ok((body.len() as u64 == len && self::digest(&body) == *digest).then_some(body))
+        Ok((body.len() as u64 == len && super::digest(&body) == *digest).then_some(body))
     }
 }

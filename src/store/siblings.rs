@@ -46,14 +46,6 @@ impl Siblings {
         Siblings { memory: quick_cache::sync::Cache::new(MEMORY_VARIANTS), backend }
     }
 
-    /// The digest a holder records for `body`.
-    pub(crate) fn digest(body: &[u8]) -> [u8; 16] {
-        let full = Sha256::digest(body);
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&full[..16]);
-        digest
-    }
-
     fn backend_key(variant: &str) -> String {
         format!("s:{}", hex::encode(&Sha256::digest(variant.as_bytes())[..16]))
     }
@@ -75,7 +67,7 @@ impl Siblings {
     /// each of the [`KEPT_PER_VARIANT`] most recent distinct bodies. `keep_for` bounds how
     /// long the backend keeps the record.
     pub(crate) async fn record(&self, variant: &str, key: &str, body: &[u8], keep_for: Duration) {
-        let holder = Holder { key: key.to_string(), digest: Self::digest(body) };
+        let holder = Holder { key: key.to_string(), digest: super::digest(body) };
         let known = self.of(variant).await;
         if known.first() == Some(&holder) {
             return;

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::bodies::BodyPool;
-use super::shared_bodies::{self, SHARED_BODY_MIN, SharedBodies};
+use super::shared_bodies::{SHARED_BODY_MIN, SharedBodies};
 use super::{Health, Store, StoreError, codec};
 use crate::cache::CachedResponse;
 use crate::config::human_size;
@@ -171,7 +171,8 @@ impl ResponseCache {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let previous = self.backend.as_ref().and_then(|_| self.live_hot(&key)).map(|hot| hot.entry);
-        let entry = self.pooled(entry);
+        let digest = super::digest(&entry.body);
+        let entry = self.pooled_named(entry, digest);
         self.hot.insert(key.clone(), Hot::new(&key, Arc::clone(&entry), ttl, SystemTime::now()));
         self.rebalance();
         let Some(backend) = &self.backend else { return Ok(()) };
@@ -182,7 +183,6 @@ impl ResponseCache {
             }
             return backend.put(&backend_key, codec::encode_response(&entry, None), ttl).await;
         }
-        let digest = shared_bodies::digest(&entry.body);
         let old = self.shared_digest_of(backend, &backend_key, previous).await;
         self.shared.hold(backend, &digest, &entry.body, ttl, old != Some(digest)).await?;
         backend.put(&backend_key, codec::encode_response(&entry, Some(digest)), ttl).await?;
@@ -201,7 +201,7 @@ impl ResponseCache {
         hot: Option<Arc<CachedResponse>>,
     ) -> Option<[u8; 16]> {
         if let Some(entry) = hot {
-            return (entry.body.len() >= SHARED_BODY_MIN).then(|| shared_bodies::digest(&entry.body));
+            return (entry.body.len() >= SHARED_BODY_MIN).then(|| super::digest(&entry.body));
         }
         let bytes = backend.get(backend_key).await.ok()??;
         codec::decode_response(&bytes).ok()?.shared_body.map(|(digest, _)| digest)
@@ -240,7 +240,13 @@ impl ResponseCache {
 
     /// `entry` with its body pooled: the memory tier keeps only pooled bodies.
     fn pooled(&self, entry: Arc<CachedResponse>) -> Arc<CachedResponse> {
-        let body = self.bodies.intern(&entry.body);
+        let digest = super::digest(&entry.body);
+        self.pooled_named(entry, digest)
+    }
+
+    /// [`ResponseCache::pooled`] for a body whose digest is known already.
+    fn pooled_named(&self, entry: Arc<CachedResponse>, digest: [u8; 16]) -> Arc<CachedResponse> {
+        let body = self.bodies.intern_named(&entry.body, digest);
         let mut owned = Arc::unwrap_or_clone(entry);
         owned.body = body;
         Arc::new(owned)
