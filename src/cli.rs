@@ -112,13 +112,7 @@ pub fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                let stop = running.shutdown_handle();
-                tokio::spawn(async move {
-                    crate::server::stop_signal().await;
-                    tracing::info!("stopping: finishing in-flight requests");
-                    let _ = stop.send(true);
-                });
-                running.wait().await;
+                running.serve_until_signalled().await;
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
             })

@@ -424,7 +424,13 @@ pub struct ServerSettings {
     /// a 100 MB blob, fits the default).
     #[serde(with = "size")]
     pub max_body_bytes: u64,
-    /// How long in-flight requests may run after a stop signal before they are cut off.
+    /// After SIGTERM, how long the gateway keeps accepting and serving (with `/readyz` at 503
+    /// and `Connection: close` on every answer) so load balancers stop sending before the
+    /// listener closes. Ctrl-C (SIGINT) and a second SIGTERM skip it.
+    #[serde(with = "duration")]
+    pub shutdown_delay: Duration,
+    /// How long in-flight requests may run once the listener has closed before they are cut
+    /// off.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     /// Threads serving proxy connections, each with its own single-threaded runtime; 0 means
@@ -451,6 +457,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             max_body_bytes: 100 * 1024 * 1024,
+            shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
             max_connections: 10_000,

@@ -31,6 +31,7 @@ mod storing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::response::Response;
@@ -87,6 +88,9 @@ pub struct Gateway {
     upstream_base: String,
     public_url: Option<String>,
     metrics: Arc<Metrics>,
+    /// Set on a stop signal: `/readyz` answers 503 and every HTTP/1 answer says
+    /// `Connection: close`, so clients leave before the listener closes.
+    stopping: AtomicBool,
 }
 
 impl Gateway {
@@ -138,6 +142,7 @@ impl Gateway {
             responses: stores.responses,
             metrics,
             settings,
+            stopping: AtomicBool::new(false),
         }))
     }
 
@@ -152,7 +157,24 @@ impl Gateway {
         let (parts, body) = request.into_parts();
         let mut ctx = RequestCtx::new(parts, peer, local);
         let (response, outcome) = self.walk(&mut ctx, body).await;
-        self.finish(&ctx, response, outcome)
+        let mut response = self.finish(&ctx, response, outcome);
+        // HTTP/2 has no `Connection` header; its connections get GOAWAY when the listener
+        // closes.
+        if self.stopping.load(Ordering::Relaxed) && ctx.parts.version < http::Version::HTTP_2 {
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// Starts stopping: `/readyz` turns 503 and keep-alive connections are closed after their
+    /// next answer, while requests are still accepted and served.
+    pub fn begin_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a stop signal has been received.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// Phases 1–6; each may end the walk with an answer.

@@ -43,6 +43,7 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish, waits for both listeners and flushes
     /// the store.
     pub async fn shutdown(self) {
+        self.gateway.begin_stopping();
         let _ = self.shutdown.send(true);
         self.wait().await;
     }
@@ -59,6 +60,34 @@ impl Running {
     /// A handle that stops the gateway when sent `true`.
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+
+    /// Serves until a stop signal, then stops the way a load balancer needs: on SIGTERM
+    /// `/readyz` answers 503 at once and the gateway keeps accepting and serving for
+    /// `server.shutdown_delay`, every HTTP/1 answer saying `Connection: close`; then the
+    /// listeners close and in-flight requests get up to `server.shutdown_grace`. Ctrl-C, or a
+    /// second signal, skips the delay.
+    pub async fn serve_until_signalled(self) {
+        let stop = self.shutdown.clone();
+        let gateway = Arc::clone(&self.gateway);
+        let delay = gateway.settings().server.shutdown_delay;
+        tokio::spawn(async move {
+            let signal = stop_signal().await;
+            gateway.begin_stopping();
+            if signal == StopSignal::Terminate && !delay.is_zero() {
+                info!(
+                    delay = ?delay,
+                    "SIGTERM: /readyz answers 503; serving on for server.shutdown_delay so load balancers stop sending"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop_signal() => info!("second stop signal: the rest of server.shutdown_delay is skipped"),
+                }
+            }
+            info!("stopping: no new connections; finishing in-flight requests");
+            let _ = stop.send(true);
+        });
+        self.wait().await;
     }
 }
 
@@ -442,12 +471,17 @@ fn record_store_gauges(gateway: &Gateway) {
     m.store_degraded.set(if responses.health() == Health::Ok { 0.0 } else { 1.0 });
 }
 
-/// Ready while the gateway can answer. A failing store does not make it unready — requests
+/// Ready while the gateway can answer, until a stop signal (then 503, so a load balancer
+/// stops sending). A failing store does not make it unready — requests
 /// are still answered, without the store — but the answer says `degraded` and why, so a
 /// probe or a person can tell. (Failing readiness on a shared-Redis outage would take every
 /// replica out of service at once.)
 async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
     let responses = gateway.responses();
+    if gateway.is_stopping() {
+        let body = serde_json::json!({ "status": "stopping", "store": responses.location() });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     let body = match responses.health() {
         Health::Ok => serde_json::json!({ "status": "ready", "store": responses.location() }),
         Health::Degraded(reason) => {
@@ -488,8 +522,17 @@ async fn clear_negative(
     }
 }
 
+/// How the process was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    /// Ctrl-C: a person at a terminal, who wants it to stop now.
+    Interrupt,
+    /// SIGTERM: an orchestrator, whose load balancer needs time to stop sending.
+    Terminate,
+}
+
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-pub(crate) async fn stop_signal() {
+async fn stop_signal() -> StopSignal {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -505,7 +548,7 @@ pub(crate) async fn stop_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = ctrl_c => StopSignal::Interrupt,
+        _ = term => StopSignal::Terminate,
     }
 }

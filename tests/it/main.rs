@@ -11,6 +11,7 @@ mod caching;
 mod clients;
 mod fleet;
 mod hostile;
+mod lifecycle;
 mod limits;
 mod negative;
 mod reliability;

@@ -418,7 +418,10 @@ async fn sigterm_lets_in_flight_requests_finish_and_flushes_the_store() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = GatewayProcess::start(&fake.url(), dir.path(), &[]).await;
+    // No delay: this is about the listener closing and in-flight requests finishing (the
+    // delay before it is tested in `lifecycle`).
+    let mut gw =
+        GatewayProcess::start(&fake.url(), dir.path(), &[("GHGATE_SERVER__SHUTDOWN_DELAY", "0s")]).await;
     let client = support::client();
     assert_eq!(
         client
