@@ -84,7 +84,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => {
             let overrides =
                 Overrides { listen: args.listen, admin_listen: args.admin_listen, upstream: args.upstream };
-            let loaded = Settings::load(args.config.config.as_deref(), &overrides);
+            let source = crate::config::SettingsSource { file: args.config.config.clone(), overrides };
+            let loaded = source.load();
             let settings = match loaded.and_then(|s| crate::server::check_settings(&s).map(|()| s)) {
                 Ok(s) => s,
                 Err(errors) => {
@@ -104,7 +105,7 @@ pub fn main() -> ExitCode {
                 }
             };
             runtime.block_on(async move {
-                let running = match crate::server::start(settings).await {
+                let running = match crate::server::start_from(settings, source).await {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!("{e}");

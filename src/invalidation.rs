@@ -56,8 +56,10 @@ pub struct Invalidation {
     /// would invalidate, so their entries may stay fresh longer.
     covered: moka::sync::Cache<String, SystemTime>,
     covered_freshness: Duration,
-    /// The webhook receiver's secrets and size cap.
+    /// The webhook receiver's size cap and timeouts.
     webhooks: WebhookSettings,
+    /// The webhook secrets in force (swapped by a reload).
+    webhook_secrets: arc_swap::ArcSwap<Vec<String>>,
     /// Delivery ids seen in the last hour (bounded).
     deliveries: moka::sync::Cache<String, ()>,
     /// Turns to read a delivery's body (`webhooks.max_concurrent`).
@@ -78,9 +80,7 @@ impl Invalidation {
         negative: Arc<NegativeCache>,
         metrics: Arc<Metrics>,
     ) -> Invalidation {
-        if settings.webhooks.secrets.iter().any(|secret| secret.len() < 16) {
-            warn!("a webhook secret is shorter than 16 bytes: deliveries signed with it are easy to forge");
-        }
+        warn_of_short_secrets(&settings.webhooks.secrets);
         Invalidation {
             marks: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -93,6 +93,7 @@ impl Invalidation {
                 .build(),
             covered_freshness: settings.webhooks.covered_freshness,
             webhooks: settings.webhooks.clone(),
+            webhook_secrets: arc_swap::ArcSwap::from_pointee(settings.webhooks.secrets.clone()),
             deliveries: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(DELIVERY_MEMORY)
@@ -103,6 +104,12 @@ impl Invalidation {
             negative,
             metrics,
         }
+    }
+
+    /// A reload: deliveries from now on are checked against `secrets`.
+    pub fn set_webhook_secrets(&self, secrets: &[String]) {
+        warn_of_short_secrets(secrets);
+        self.webhook_secrets.store(Arc::new(secrets.to_vec()));
     }
 
     /// Whether something changed an entry after it was fetched: a write to its path, or a
@@ -187,7 +194,8 @@ impl Invalidation {
     ) -> Result<Option<Delivery>, Response> {
         let settings = &self.webhooks;
         let metrics = &self.metrics;
-        if settings.secrets.is_empty() {
+        let secrets = self.webhook_secrets.load_full();
+        if secrets.is_empty() {
             return Err(github::error_response(
                 StatusCode::NOT_FOUND,
                 "ghgate: the webhook receiver is not configured (webhooks.secrets)",
@@ -218,7 +226,7 @@ impl Invalidation {
             Ok(Err(_)) => return Err(too_large()),
             Err(_) => return Err(too_slow()),
         };
-        if !webhook::verify(&settings.secrets, &payload, headers.get("x-hub-signature-256")) {
+        if !webhook::verify(&secrets, &payload, headers.get("x-hub-signature-256")) {
             metrics.webhook("bad_signature").increment(1);
             warn!("refused a webhook delivery with a missing or bad signature");
             return Err(github::error_response(
@@ -328,5 +336,11 @@ impl Invalidation {
     fn mark(&self, key: String, at: SystemTime) {
         self.any_marks.store(true, Ordering::Release);
         self.marks.insert(key, at);
+    }
+}
+
+fn warn_of_short_secrets(secrets: &[String]) {
+    if secrets.iter().any(|secret| secret.len() < 16) {
+        warn!("a webhook secret is shorter than 16 bytes: deliveries signed with it are easy to forge");
     }
 }

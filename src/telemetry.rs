@@ -102,6 +102,8 @@ pub struct Metrics {
     pub(crate) stale_if_slow: Counter,
     /// `ghgate_upstream_breaker_open`: 1 while GitHub is failing and stale entries are served at once.
     pub(crate) breaker_open: Gauge,
+    /// `ghgate_config_last_reload_successful`: 0 after a refused reload, until one succeeds.
+    pub(crate) last_reload_successful: Gauge,
     /// `ghgate_shared_revalidations_total`: 304s that confirmed a body held for another
     /// partition (a unit the fleet did not spend).
     pub(crate) shared_revalidations: Counter,
@@ -315,6 +317,11 @@ impl Metrics {
                 "ghgate_stale_if_slow_total",
                 "Reads answered from a stale entry because GitHub was slow (cache.stale_if_slow) or failing (breaker open).",
             ),
+            last_reload_successful: gauge(
+                "ghgate_config_last_reload_successful",
+                None,
+                "1 unless the last reload (SIGHUP, POST /reload) was refused; the settings in force are then the older ones.",
+            ),
             breaker_open: gauge(
                 "ghgate_upstream_breaker_open",
                 None,
@@ -400,6 +407,11 @@ impl Metrics {
     /// `too_large`).
     pub(crate) fn webhook(&self, result: &'static str) -> Counter {
         self.labelled_counter("ghgate_webhooks_total", "result", result)
+    }
+
+    /// `ghgate_reloads_total{result}`: reloads `applied` or `refused`.
+    pub(crate) fn reload(&self, result: &'static str) -> Counter {
+        self.labelled_counter("ghgate_reloads_total", "result", result)
     }
 
     /// Registers a counter with one label (for sets known at start-up, such as rule names).
@@ -562,17 +574,59 @@ impl AppMetrics {
 /// Installs the global log subscriber: text or JSON, filtered by `RUST_LOG` or the setting.
 pub fn init_logging(settings: &LogSettings) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(v).map_err(|e| format!("RUST_LOG: {e}"))?,
-        _ => EnvFilter::try_new(&settings.level).map_err(|e| format!("log.level: {e}"))?,
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = match &from_env {
+        Some(v) => EnvFilter::try_new(v).map_err(|e| format!("RUST_LOG: {e}"))?,
+        None => EnvFilter::try_new(&settings.level).map_err(|e| format!("log.level: {e}"))?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `log.level` reloads unless RUST_LOG, which wins over it, is set.
+    let reloadable = from_env.is_none();
     // Colour only for a person at a terminal: a file, a pipe or a log collector would get
     // `ESC[2m…` sequences in every line. JSON lines never carry any.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let base = tracing_subscriber::fmt().with_writer(std::io::stderr);
     let result = match settings.format {
-        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.with_ansi(colour).try_init(),
+        LogFormat::Json => {
+            let builder = base
+                .with_ansi(false)
+                .json()
+                .flatten_event(true)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            if reloadable {
+                keep_filter_handle(builder.reload_handle());
+            }
+            builder.try_init()
+        }
+        LogFormat::Text => {
+            let builder = base.with_ansi(colour).with_env_filter(filter).with_filter_reloading();
+            if reloadable {
+                keep_filter_handle(builder.reload_handle());
+            }
+            builder.try_init()
+        }
     };
     result.map_err(|e| format!("log subscriber: {e}"))
+}
+
+fn keep_filter_handle<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) {
+    let _ = LOG_FILTER.set(Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())));
+}
+
+/// Replaces the log filter of the subscriber [`init_logging`] installed.
+type FilterReload = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Set when the log filter comes from `log.level` (not `RUST_LOG`) in this process.
+static LOG_FILTER: std::sync::OnceLock<FilterReload> = std::sync::OnceLock::new();
+
+/// A reload's new `log.level`. Without effect (and saying so) when `RUST_LOG` set the filter
+/// or the logging was not installed by [`init_logging`] (tests in process).
+pub fn set_log_level(level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("log.level: {e}"))?;
+    match LOG_FILTER.get() {
+        Some(reload) => reload(filter),
+        None => Err("log.level: not applied, RUST_LOG sets the log filter".into()),
+    }
 }

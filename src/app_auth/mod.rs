@@ -111,7 +111,8 @@ pub fn check_settings(settings: &Settings) -> Vec<ConfigError> {
 /// The broker: clients, installation look-ups and the token cache.
 pub struct Broker {
     settings: BrokerSettings,
-    clients: ClientKeys,
+    /// Swapped whole by a reload (new client keys, re-read app keys).
+    clients: arc_swap::ArcSwap<ClientKeys>,
     installations: Installations,
     tokens: Tokens,
     /// Every configured app's name (for forgetting an installation in the store).
@@ -130,17 +131,13 @@ impl Broker {
         negative: Arc<NegativeCache>,
         metrics: Arc<Metrics>,
     ) -> Result<Broker, String> {
-        let mut apps = HashMap::new();
-        for app in &settings.apps {
-            apps.insert(app.name.clone(), Arc::new(GitHubApp { signer: AppSigner::from_settings(app)? }));
-        }
-        let clients = ClientKeys::new(&settings.clients, &apps, settings.broker.allow_pass_through)?;
+        let clients = client_keys(settings)?;
         let installations =
             Installations::new(settings, upstream.clone(), backend.clone(), negative, Arc::clone(&metrics));
         let tokens = Tokens::new(settings, upstream, backend, sealer, Arc::clone(&metrics));
         Ok(Broker {
             settings: settings.broker.clone(),
-            clients,
+            clients: arc_swap::ArcSwap::from_pointee(clients),
             installations,
             tokens,
             app_names: settings.apps.iter().map(|a| a.name.clone()).collect(),
@@ -156,7 +153,15 @@ impl Broker {
     /// Phase "identify": a client key makes the request an app request; anything else passes
     /// through with its own credential (unless pass-through is switched off).
     pub fn identify(&self, headers: &HeaderMap, path: &str) -> Result<Identity, Rejection> {
-        self.clients.identify(headers, path)
+        self.clients.load().identify(headers, path)
+    }
+
+    /// A reload: the `[[clients]]` of `settings`, and every app's private key read again.
+    /// Requests already identified keep the key they started with; cached tokens stay (GitHub
+    /// does not revoke them when a key is rotated).
+    pub fn reload_keys(&self, settings: &Settings) -> Result<(), String> {
+        self.clients.store(Arc::new(client_keys(settings)?));
+        Ok(())
     }
 
     /// Finds the installation a request addresses: cached per owner, coalesced per look-up,
@@ -225,6 +230,15 @@ impl Broker {
     pub fn token_metadata(&self) -> Vec<serde_json::Value> {
         self.tokens.metadata()
     }
+}
+
+/// The clients of `settings`, bound to their apps, whose keys are read now.
+fn client_keys(settings: &Settings) -> Result<ClientKeys, String> {
+    let mut apps = HashMap::new();
+    for app in &settings.apps {
+        apps.insert(app.name.clone(), Arc::new(GitHubApp { signer: AppSigner::from_settings(app)? }));
+    }
+    ClientKeys::new(&settings.clients, &apps, settings.broker.allow_pass_through)
 }
 
 /// How long a replica holds the lock of a look-up or mint, and how long others wait for it.

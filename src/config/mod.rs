@@ -11,6 +11,7 @@
 
 mod formats;
 mod load;
+mod reload;
 mod validate;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use url::Url;
 
 pub use formats::{human_size, parse_duration, parse_size};
 pub use load::Overrides;
+pub use reload::{Changes, RELOADABLE_KEYS, SettingsSource};
 
 use crate::path_pattern::PathPattern;
 use formats::{de_opt_string, de_opt_url, de_string, duration, opt_duration, ser_redacted, size};

@@ -61,7 +61,10 @@ use look_up::LookUp;
 /// The shared state of one gateway: settings, stores, upstream clients, and each concern's
 /// state. One per process (or per test), shared by every connection.
 pub struct Gateway {
+    /// The settings as started. Keys that reload are read from `applied` or their owners.
     settings: Arc<Settings>,
+    /// The settings last applied (start-up, or the latest reload).
+    applied: arc_swap::ArcSwap<Settings>,
     inbound: Inbound,
     partitioner: Partitioner,
     broker: Broker,
@@ -141,6 +144,7 @@ impl Gateway {
             etag_canary: Canary::default(),
             responses: stores.responses,
             metrics,
+            applied: arc_swap::ArcSwap::new(Arc::clone(&settings)),
             settings,
             stopping: AtomicBool::new(false),
         }))
@@ -254,9 +258,23 @@ impl Gateway {
         &self.metrics
     }
 
-    /// The settings in force.
+    /// The settings as started: every key that does not reload is in force as read here.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The settings last applied, for the keys a reload changes (the admin token, say).
+    pub fn applied_settings(&self) -> Arc<Settings> {
+        self.applied.load_full()
+    }
+
+    /// Applies a reload's keys ([`crate::config::RELOADABLE_KEYS`]) from `new`, which is
+    /// checked and changes no other key. Cached answers, tokens and connections stay.
+    pub fn apply_reload(&self, new: Settings) -> Result<(), String> {
+        self.broker.reload_keys(&new)?;
+        self.invalidation.set_webhook_secrets(&new.webhooks.secrets);
+        self.applied.store(Arc::new(new));
+        Ok(())
     }
 
     /// The admit phase's state (limiter, CORS).

@@ -18,14 +18,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::config::{ConfigErrors, Settings};
+use crate::config::{ConfigErrors, Settings, SettingsSource};
 use crate::github;
 use crate::identity;
 use crate::pipeline::Gateway;
 use crate::store::{self, Health};
 use crate::telemetry::Metrics;
 
+mod reload;
 mod workers;
+
+use reload::Reloader;
 
 /// A started gateway: its bound addresses and the means to stop it.
 pub struct Running {
@@ -35,6 +38,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The gateway's shared state.
     pub(crate) gateway: Arc<Gateway>,
+    reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -71,6 +75,20 @@ impl Running {
         let stop = self.shutdown.clone();
         let gateway = Arc::clone(&self.gateway);
         let delay = gateway.settings().server.shutdown_delay;
+        #[cfg(unix)]
+        {
+            let reloader = Arc::clone(&self.reloader);
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(mut hangups) => {
+                    tokio::spawn(async move {
+                        while hangups.recv().await.is_some() {
+                            let _ = reloader.reload("SIGHUP").await;
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "cannot listen for SIGHUP: reload with POST /reload"),
+            }
+        }
         tokio::spawn(async move {
             let signal = stop_signal().await;
             gateway.begin_stopping();
@@ -105,8 +123,19 @@ pub fn check_settings(settings: &Settings) -> Result<(), ConfigErrors> {
 }
 
 /// Binds both listeners and starts serving. Fails with a message naming the setting when a
-/// listener cannot be bound or the secret cannot be read or created.
+/// listener cannot be bound or the secret cannot be read or created. A reload answers that
+/// there is nothing to re-read: use [`start_from`] for settings read from a file or the
+/// environment.
 pub async fn start(settings: Settings) -> Result<Running, String> {
+    start_with(settings, None).await
+}
+
+/// [`start`] for settings read from `source`, which SIGHUP and `POST /reload` read again.
+pub async fn start_from(settings: Settings, source: SettingsSource) -> Result<Running, String> {
+    start_with(settings, Some(source)).await
+}
+
+async fn start_with(settings: Settings, source: Option<SettingsSource>) -> Result<Running, String> {
     check_settings(&settings).map_err(|errors| errors.to_string())?;
     let settings = Arc::new(settings);
     let secret = identity::load_or_create_secret(settings.server.secret.as_deref(), &settings.store.data_dir)
@@ -130,7 +159,8 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
     let (shutdown, watcher) = watch::channel(false);
-    let admin_app = Service::Admin(admin_router(Arc::clone(&gateway)));
+    let reloader = Arc::new(Reloader::new(Arc::clone(&gateway), source));
+    let admin_app = Service::Admin(admin_router(Arc::clone(&gateway), Arc::clone(&reloader)));
 
     let limits = ConnectionLimits {
         header_read_timeout: settings.server.header_read_timeout,
@@ -179,7 +209,7 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         store = %gateway.responses().location(),
         "ghgate listening"
     );
-    Ok(Running { proxy_addr, admin_addr, gateway, shutdown, tasks })
+    Ok(Running { proxy_addr, admin_addr, gateway, reloader, shutdown, tasks })
 }
 
 /// Limits every connection gets, from `[server]`.
@@ -340,8 +370,10 @@ async fn serve(
     }
 }
 
-fn admin_router(gateway: Arc<Gateway>) -> Router {
+fn admin_router(gateway: Arc<Gateway>, reloader: Arc<Reloader>) -> Router {
     let protected = Router::new()
+        .route("/reload", axum::routing::post(reload_settings))
+        .layer(axum::Extension(reloader))
         .route("/metrics", get(metrics))
         .route("/negative", axum::routing::delete(clear_negative))
         .route("/ratelimits", get(ratelimits))
@@ -367,7 +399,8 @@ async fn require_admin_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(expected) = gateway.settings().server.admin_token.as_deref() else {
+    let applied = gateway.applied_settings();
+    let Some(expected) = applied.server.admin_token.as_deref() else {
         return next.run(request).await;
     };
     let presented = request
@@ -385,6 +418,30 @@ async fn require_admin_token(
         );
     }
     next.run(request).await
+}
+
+/// `POST /reload`: reads the settings again and applies the keys that can change while
+/// running; 422 with every reason, in GitHub's error shape, when the reload is refused.
+async fn reload_settings(axum::Extension(reloader): axum::Extension<Arc<Reloader>>) -> Response {
+    match reloader.reload("POST /reload").await {
+        Ok(reloaded) => axum::Json(serde_json::json!({
+            "reloaded": true,
+            "changed": reloaded.changed,
+            "notes": reloaded.notes,
+        }))
+        .into_response(),
+        Err(refusal) => {
+            // GitHub's error shape, with its validation errors' `errors` list beside.
+            let mut response = github::error_response(StatusCode::UNPROCESSABLE_ENTITY, "");
+            let body = serde_json::json!({
+                "message": "reload refused; the settings in force are unchanged",
+                "errors": refusal.0,
+                "documentation_url": github::DOCUMENTATION_URL,
+            });
+            *response.body_mut() = Body::from(body.to_string());
+            response
+        }
+    }
 }
 
 /// `GET /tokens`: the broker's cached installation tokens — metadata only, never a token.

@@ -218,3 +218,244 @@ async fn ctrl_c_or_a_second_sigterm_skips_the_delay() {
         assert!(started.elapsed() < Duration::from_secs(10), "{signals:?} stopped without the 30 s delay");
     }
 }
+
+/// A settings file for the reload tests: the admin token, a webhook secret, the app's key
+/// file and one client key, with `extra` appended.
+fn settings_file(
+    admin_token: &str,
+    webhook_secret: &str,
+    app_key: &str,
+    client_key: &str,
+    extra: &str,
+) -> String {
+    use sha2::Digest;
+    format!(
+        r#"[server]
+admin_token = "{admin_token}"
+[webhooks]
+secrets = ["{webhook_secret}"]
+[[apps]]
+name = "{app}"
+app_id = "{app_id}"
+private_key_path = "{key}"
+[[clients]]
+name = "runner"
+key_sha256 = "{client}"
+app = "{app}"
+{extra}
+"#,
+        app = support::app::APP,
+        app_id = support::app::APP_ID,
+        key = support::app::data(app_key).display(),
+        client = hex::encode(sha2::Sha256::digest(client_key.as_bytes())),
+    )
+}
+
+fn webhook_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A signed `ping` delivery's status.
+async fn ping(gw: &GatewayProcess, secret: &str) -> u16 {
+    let body = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#.to_vec();
+    support::client()
+        .post(format!("{}/_ghgate/webhook", gw.url))
+        .header("x-github-event", "ping")
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", webhook_signature(secret, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn admin_status(gw: &GatewayProcess, token: &str) -> u16 {
+    support::client()
+        .get(format!("{}/stats", gw.admin_url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn get_with(
+    client: &reqwest::Client,
+    gw: &GatewayProcess,
+    path: &str,
+    credential: &str,
+) -> reqwest::Response {
+    client.get(format!("{}{path}", gw.url)).header("authorization", credential).send().await.unwrap()
+}
+
+/// One metric, read with the admin token.
+async fn metric(gw: &GatewayProcess, token: &str, series: &str) -> f64 {
+    let r =
+        support::client().get(format!("{}/metrics", gw.admin_url)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "/metrics with the admin token");
+    support::metric_value(&r.text().await.unwrap(), series)
+}
+
+/// Waits until `/metrics` shows `series` at `value`, failing after 5 s.
+async fn wait_metric(gw: &GatewayProcess, token: &str, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(gw, token, series).await != value {
+        assert!(Instant::now() < deadline, "{series} did not reach {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const OLD_CLIENT_KEY: &str = "ghgate_old_runner_key_0123456789";
+const NEW_CLIENT_KEY: &str = "ghgate_new_runner_key_0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_every_secret_and_keeps_cached_answers_and_connections() {
+    let fake = support::app::fake_with_app().await;
+    fake.install("octo", 7);
+    fake.install("acme", 8);
+    fake.put(REPO, Resource::json(r#"{"name":"hello"}"#.to_string()));
+    fake.put("/repos/acme/tools", Resource::json(r#"{"name":"tools"}"#.to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ghgate.toml");
+    std::fs::write(
+        &file,
+        settings_file(
+            "admin-token-one-0123",
+            "webhook-secret-one-0123",
+            "app-key-pkcs1.pem",
+            OLD_CLIENT_KEY,
+            "",
+        ),
+    )
+    .unwrap();
+    let file_env = file.display().to_string();
+    let gw =
+        GatewayProcess::start(&fake.url(), dir.path(), &[("GHGATE_CONFIG", &file_env), ("RUST_LOG", "")])
+            .await;
+
+    // One kept-alive connection, used before and after the reload.
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(1).build().unwrap();
+    let r = get_with(&client, &gw, REPO, &format!("Bearer {OLD_CLIENT_KEY}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(support::outcome(&r), "MISS");
+    assert_eq!(
+        support::outcome(&get_with(&client, &gw, REPO, &format!("Bearer {OLD_CLIENT_KEY}")).await),
+        "HIT"
+    );
+    assert_eq!(admin_status(&gw, "admin-token-one-0123").await, 200);
+    assert_eq!(ping(&gw, "webhook-secret-one-0123").await, 202);
+
+    // GitHub now knows only the app's new key; the file names it, and every other secret rotates.
+    fake.enable_app(
+        support::app::APP_ID,
+        &std::fs::read(support::app::data("other-app-key-public.pem")).unwrap(),
+    );
+    fake.install("octo", 7);
+    fake.install("acme", 8);
+    std::fs::write(
+        &file,
+        settings_file(
+            "admin-token-two-0123",
+            "webhook-secret-two-0123",
+            "other-app-key.pem",
+            NEW_CLIENT_KEY,
+            "[log]\nlevel = \"debug\"",
+        ),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    wait_metric(&gw, "admin-token-two-0123", "ghgate_reloads_total{result=\"applied\"}", 1.0).await;
+
+    assert_eq!(admin_status(&gw, "admin-token-one-0123").await, 401, "the old admin token is refused");
+    assert_eq!(admin_status(&gw, "admin-token-two-0123").await, 200);
+    assert_eq!(ping(&gw, "webhook-secret-one-0123").await, 401, "the old webhook secret is refused");
+    assert_eq!(ping(&gw, "webhook-secret-two-0123").await, 202);
+    let old_key = get_with(&client, &gw, REPO, &format!("Bearer {OLD_CLIENT_KEY}")).await;
+    assert_ne!(old_key.status(), 200, "the removed client key no longer works");
+    // The new client key mints with the new app key (a new owner: a look-up and a mint).
+    let refusals_before = fake.jwt_refusals();
+    let r = get_with(&client, &gw, "/repos/acme/tools", &format!("Bearer {NEW_CLIENT_KEY}")).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(fake.jwt_refusals(), refusals_before, "JWTs are signed with the new key");
+    // Cached answers survive: a plain token's entry is still a hit, on the same connection.
+    let sockets_before = gw.open_fds().0;
+    let r = get_with(&client, &gw, "/repos/acme/tools", &format!("Bearer {NEW_CLIENT_KEY}")).await;
+    assert_eq!(support::outcome(&r), "HIT");
+    assert_eq!(gw.open_fds().0, sockets_before, "the kept-alive connection was reused");
+    let logs = support::process::logs(dir.path());
+    assert!(logs.contains("settings reloaded"), "{logs}");
+    assert!(!logs.contains("admin-token-two") && !logs.contains("webhook-secret-two"), "no secret logged");
+    let after_reload = &logs[logs.find("settings reloaded").unwrap()..];
+    assert!(after_reload.contains("DEBUG"), "log.level = debug took effect");
+    assert_eq!(metric(&gw, "admin-token-two-0123", "ghgate_config_last_reload_successful").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_bad_reload_is_refused_naming_the_keys_and_the_old_settings_stay() {
+    let fake = support::app::fake_with_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ghgate.toml");
+    let good = settings_file(
+        "admin-token-one-0123",
+        "webhook-secret-one-0123",
+        "app-key-pkcs1.pem",
+        OLD_CLIENT_KEY,
+        "",
+    );
+    std::fs::write(&file, &good).unwrap();
+    let file_env = file.display().to_string();
+    let gw = GatewayProcess::start(&fake.url(), dir.path(), &[("GHGATE_CONFIG", &file_env)]).await;
+    let reload = |token: &'static str| {
+        let url = format!("{}/reload", gw.admin_url);
+        async move { support::client().post(url).bearer_auth(token).send().await.unwrap() }
+    };
+
+    let cases: [(String, &[&str]); 4] = [
+        // Not TOML at all.
+        ("[server\nadmin_token = ".to_string(), &[""]),
+        // A value that fails its check, beside a rotated secret.
+        (
+            good.replace("admin-token-one-0123", "admin-token-two-0123") + "[cache]\nmax_bytes = \"lots\"\n",
+            &["cache.max_bytes"],
+        ),
+        // An app key that is not a key.
+        (good.replace("app-key-pkcs1.pem", "webhooks/push.json"), &["apps[0].private_key_path"]),
+        // Keys that cannot change while running, beside a rotated secret.
+        (
+            good.replace("admin-token-one-0123", "admin-token-two-0123")
+                + "[store]\nbackend = \"memory\"\n[inbound]\nrequests_per_second = 5\n",
+            &["store.backend", "inbound.requests_per_second"],
+        ),
+    ];
+    for (i, (text, keys)) in cases.iter().enumerate() {
+        std::fs::write(&file, text).unwrap();
+        let r = reload("admin-token-one-0123").await;
+        assert_eq!(r.status(), 422, "case {i}");
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert!(body["documentation_url"].is_string(), "GitHub's error shape: {body}");
+        let errors = body["errors"].to_string();
+        for key in *keys {
+            assert!(errors.contains(key), "case {i}: {key} not named in {errors}");
+        }
+        // The settings in force are the old ones: the old admin token still works.
+        assert_eq!(admin_status(&gw, "admin-token-one-0123").await, 200, "case {i}");
+        assert_eq!(metric(&gw, "admin-token-one-0123", "ghgate_config_last_reload_successful").await, 0.0);
+    }
+    assert_eq!(metric(&gw, "admin-token-one-0123", "ghgate_reloads_total{result=\"refused\"}").await, 4.0);
+    assert!(support::process::logs(dir.path()).contains("reload refused"));
+
+    // Back to a good file with a rotated token: applied.
+    std::fs::write(&file, good.replace("admin-token-one-0123", "admin-token-two-0123")).unwrap();
+    let r = reload("admin-token-one-0123").await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["changed"], serde_json::json!(["server.admin_token"]));
+    assert_eq!(admin_status(&gw, "admin-token-two-0123").await, 200);
+    assert_eq!(metric(&gw, "admin-token-two-0123", "ghgate_config_last_reload_successful").await, 1.0);
+}
