@@ -50,6 +50,8 @@ pub struct Metrics {
     pub(crate) store_errors: Counter,
     /// `ghgate_store_corrupt_entries_total`
     pub(crate) store_corrupt: Counter,
+    /// `ghgate_store_recoveries_total`: a failing disk store that works again (probe or reopen).
+    pub(crate) store_recoveries: Counter,
     /// `ghgate_store_degraded`: 1 while the backend is failing.
     pub(crate) store_degraded: Gauge,
     /// `ghgate_store_hot_bytes`
@@ -248,6 +250,10 @@ impl Metrics {
                 "Paths marked stale because an unsafe request changed them.",
             ),
             store_errors: counter("ghgate_store_errors_total", "Store operations that failed."),
+            store_recoveries: counter(
+                "ghgate_store_recoveries_total",
+                "Times a failing disk store worked again without a restart (after a probe write or a reopen).",
+            ),
             store_corrupt: counter(
                 "ghgate_store_corrupt_entries_total",
                 "Stored values dropped because their checksum or format did not match.",

@@ -459,3 +459,151 @@ async fn a_bad_reload_is_refused_naming_the_keys_and_the_old_settings_stay() {
     assert_eq!(admin_status(&gw, "admin-token-two-0123").await, 200);
     assert_eq!(metric(&gw, "admin-token-two-0123", "ghgate_config_last_reload_successful").await, 1.0);
 }
+
+/// A 20 MiB tmpfs mounted for one test and unmounted after it: a data volume that fills.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts it, or says why not. Mounting needs root; under CI (which runs as root) a
+    /// failure to mount fails the test rather than skipping it.
+    fn mount() -> Option<SmallDisk> {
+        let parent = tempfile::tempdir().unwrap();
+        let path = parent.path().join("data");
+        std::fs::create_dir_all(&path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=20m", "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_or_else(
+                |e| Err(e.to_string()),
+                |o| {
+                    if o.status.success() {
+                        Ok(())
+                    } else {
+                        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+                    }
+                },
+            );
+        match mounted {
+            Ok(()) => Some(SmallDisk { path, _parent: parent }),
+            Err(why) if std::env::var_os("CI").is_some() => {
+                panic!("CI must be able to mount a tmpfs (run as root): {why}")
+            }
+            Err(why) => {
+                eprintln!(
+                    "SKIPPED: a full-disk test needs a tmpfs, and mounting one failed (not root?): {why}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Writes a file until the volume is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        for size in [64 * 1024, 4096, 1] {
+            let chunk = vec![0u8; size];
+            while file.write_all(&chunk).is_ok() {}
+        }
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// `/readyz`'s status field.
+async fn readiness(gw: &GatewayProcess) -> String {
+    let r = support::client().get(format!("{}/readyz", gw.admin_url)).send().await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    body["status"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_filled_and_was_freed_is_used_again_without_a_restart() {
+    let Some(disk) = SmallDisk::mount() else { return };
+    let fake = FakeGitHub::start().await;
+    let body = |i: usize| format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(128 * 1024));
+    for i in 0..200 {
+        fake.put(&format!("/repos/octo/f{i}"), Resource::json(body(i)));
+    }
+    // The log and the secret stay off the small volume; only the store is on it.
+    let logs_dir = tempfile::tempdir().unwrap();
+    let store_dir = disk.path.display().to_string();
+    let env = [
+        ("GHGATE_STORE__DATA_DIR", store_dir.as_str()),
+        ("GHGATE_STORE__HOT_MAX_BYTES", "1MiB"),
+        ("GHGATE_CACHE__MAX_BYTES", "64MiB"),
+        ("GHGATE_SERVER__SHUTDOWN_DELAY", "0s"),
+        ("RUST_LOG", "info"),
+    ];
+    let mut gw = GatewayProcess::start(&fake.url(), logs_dir.path(), &env).await;
+    let client = support::client();
+    let get = |i: usize| {
+        let (client, url) = (client.clone(), format!("{}/repos/octo/f{i}", gw.url));
+        async move {
+            let r = client.get(url).header("authorization", "token t").send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            support::outcome(&r)
+        }
+    };
+    assert_eq!(get(0).await, "MISS");
+
+    // Fill the volume, then keep reading new paths until the store fails (`/readyz` runs no
+    // upkeep, so it shows the failure before any recovery attempt).
+    let filler = disk.fill();
+    let mut next = 1;
+    while readiness(&gw).await != "degraded" {
+        assert!(next < 100, "writes to a full disk never failed");
+        assert_eq!(get(next).await, "MISS");
+        next += 1;
+    }
+    for _ in 0..5 {
+        assert_eq!(get(next).await, "MISS", "answered from GitHub while the disk is full");
+        next += 1;
+    }
+    assert!(gw.metric("ghgate_store_errors_total").await > 0.0);
+    let logs = support::process::logs(logs_dir.path());
+    println!("fjall said: {}", logs.lines().find(|l| l.contains("FjallError")).unwrap_or("(nothing)"));
+
+    // Space comes back: within the backoff the store reopens and stores again.
+    std::fs::remove_file(filler).unwrap();
+    let freed = Instant::now();
+    while readiness(&gw).await != "ready" {
+        assert!(freed.elapsed() < Duration::from_secs(30), "still degraded 30 s after space was freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("the store worked again {:?} after space was freed", freed.elapsed());
+    assert!(gw.metric("ghgate_store_recoveries_total").await >= 1.0);
+    assert!(support::process::logs(logs_dir.path()).contains("the disk store works again"));
+    let errors = gw.metric("ghgate_store_errors_total").await;
+    let stored_after = next;
+    for i in stored_after..stored_after + 5 {
+        assert_eq!(get(i).await, "MISS");
+    }
+    assert_eq!(gw.metric("ghgate_store_errors_total").await, errors, "no more store errors");
+
+    // What was stored after recovery is on disk: a restart serves it from the store.
+    gw.signal("TERM");
+    let exit = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(20))).await.unwrap();
+    assert!(exit.success());
+    let gw = GatewayProcess::start(&fake.url(), logs_dir.path(), &env).await;
+    for i in stored_after..stored_after + 5 {
+        let r = client
+            .get(format!("{}/repos/octo/f{i}", gw.url))
+            .header("authorization", "token t")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(support::outcome(&r), "HIT", "f{i} was stored on disk after the recovery");
+    }
+}
