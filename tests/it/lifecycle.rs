@@ -163,7 +163,7 @@ async fn stop_under_load(delay: &str) -> (Tally, std::process::ExitStatus) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_loses_no_request_from_clients_that_do_not_retry() {
-    let (tally, exit) = stop_under_load("2s").await;
+    let (tally, exit) = stop_under_load("3s").await;
     assert!(exit.success(), "a graceful stop exits 0: {exit}");
     assert_eq!(tally.lost.load(Ordering::Relaxed), 0, "requests lost across the stop");
     // Every client kept a connection open when the signal came; each was told to close it.
