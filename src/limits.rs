@@ -439,7 +439,25 @@ pub struct Lanes {
 struct Lane {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
-    next_write: tokio::sync::Mutex<tokio::time::Instant>,
+    /// When the next write may leave; held by the write in flight.
+    next_write: std::sync::Arc<tokio::sync::Mutex<tokio::time::Instant>>,
+}
+
+/// An identity's turn upstream, held until the answer's headers arrive. A write's turn holds
+/// the identity's write queue too: writes go one at a time, the next `spacing` after this
+/// one's answer — spaced as GitHub sees them, not only as they leave.
+#[must_use = "the turn lasts as long as it is held"]
+pub struct Turn {
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    write: Option<(tokio::sync::OwnedMutexGuard<tokio::time::Instant>, Duration)>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some((next, spacing)) = &mut self.write {
+            **next = tokio::time::Instant::now() + *spacing;
+        }
+    }
 }
 
 /// The identity's queue is full.
@@ -460,35 +478,33 @@ impl Lanes {
         }
     }
 
-    /// Waits for the identity's turn. The permit (if any) is held until the answer arrives.
-    pub async fn enter(
-        &self,
-        partition: &Partition,
-        mutating: bool,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, QueueFull> {
+    /// Waits for the identity's turn (see [`Turn`]).
+    pub async fn enter(&self, partition: &Partition, mutating: bool) -> Result<Turn, QueueFull> {
         use std::sync::atomic::Ordering;
+        let mut turn = Turn { _slot: None, write: None };
         if self.max_concurrent == 0 && (self.spacing.is_zero() || !mutating) {
-            return Ok(None);
+            return Ok(turn);
         }
         let permits = self.max_concurrent.max(1);
         let lane = self.lanes.get_with(partition.clone(), || {
             std::sync::Arc::new(Lane {
                 slots: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
                 waiting: std::sync::atomic::AtomicUsize::new(0),
-                next_write: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+                next_write: std::sync::Arc::new(tokio::sync::Mutex::new(tokio::time::Instant::now())),
             })
         });
         if mutating && !self.spacing.is_zero() {
             // Writes of one identity queue here in order; only writes ever wait on this lock.
-            let mut next = lane.next_write.lock().await;
+            let next = std::sync::Arc::clone(&lane.next_write).lock_owned().await;
             tokio::time::sleep_until(*next).await;
-            *next = tokio::time::Instant::now() + self.spacing;
+            turn.write = Some((next, self.spacing));
         }
         if self.max_concurrent == 0 {
-            return Ok(None);
+            return Ok(turn);
         }
         if let Ok(permit) = std::sync::Arc::clone(&lane.slots).try_acquire_owned() {
-            return Ok(Some(permit));
+            turn._slot = Some(permit);
+            return Ok(turn);
         }
         if lane.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
             lane.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -496,7 +512,8 @@ impl Lanes {
         }
         let permit = std::sync::Arc::clone(&lane.slots).acquire_owned().await;
         lane.waiting.fetch_sub(1, Ordering::SeqCst);
-        Ok(permit.ok())
+        turn._slot = permit.ok();
+        Ok(turn)
     }
 }
 

@@ -84,7 +84,7 @@ impl Gateway {
         let Outgoing { method, url, headers, mut body, conditional } = request;
         // Politeness: this identity's turn (held until the answer's headers arrive).
         let _turn = match self.lanes.enter(&caller.partition, is_unsafe(&method)).await {
-            Ok(permit) => permit,
+            Ok(turn) => turn,
             Err(_) => {
                 self.metrics.queue_overflows.increment(1);
                 return Err(SendError::Broker(Rejection::new(
