@@ -5,7 +5,9 @@
 //! an admin purge of a path) or by scope (`repo:o/r`, `owner:o`: a webhook, or an admin purge
 //! of a repository or owner). An entry fetched before a mark on its path, repository or owner
 //! is stale; a hit costs one map look-up, and none until the first mark. With a shared store,
-//! scope marks are written to it (`inv:<scope>`) and every replica pulls them each second.
+//! every mark is announced on the replicas' event log before the write's answer leaves, and
+//! every replica follows the log (a blocking read: a mark arrives within milliseconds, and a
+//! replica that starts, or lost Redis for a while, catches up on what the log still holds).
 //! Repositories that sent a webhook recently are *covered*: any change would have marked them,
 //! so their entries may stay fresh for `webhooks.covered_freshness`.
 //!
@@ -31,10 +33,6 @@ use crate::negative::{self, NegativeCache};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::webhook::{self, Delivery, Effect};
-
-/// How long staleness marks are kept in a shared store (entries kept fresh longer than this by
-/// `webhooks.covered_freshness` could outlive their mark on other replicas).
-const MARK_TTL: Duration = Duration::from_secs(3600);
 
 /// How long delivery ids are remembered, so a captured delivery cannot be replayed.
 const DELIVERY_MEMORY: Duration = Duration::from_secs(3600);
@@ -64,8 +62,12 @@ pub struct Invalidation {
     deliveries: moka::sync::Cache<String, ()>,
     /// Turns to read a delivery's body (`webhooks.max_concurrent`).
     webhook_reads: tokio::sync::Semaphore,
-    /// The store other replicas share, when there is one: marks go there too.
+    /// The store other replicas share, when there is one: marks are announced there too.
     shared: Option<Arc<dyn Store>>,
+    /// This process among the replicas, so it skips its own announcements.
+    replica: String,
+    /// Whether following the event log failed last time (to log the change once).
+    following_failed: AtomicBool,
     /// The upstream base, to recognise a write's `Location` as one of its paths.
     upstream_base: String,
     negative: Arc<NegativeCache>,
@@ -100,6 +102,8 @@ impl Invalidation {
                 .build(),
             webhook_reads: tokio::sync::Semaphore::new(settings.webhooks.max_concurrent),
             shared: backend.filter(|b| b.is_shared()),
+            replica: format!("{:016x}", rand::random::<u64>()),
+            following_failed: AtomicBool::new(false),
             upstream_base: crate::rewrite::base_of(&settings.upstream.url),
             negative,
             metrics,
@@ -143,10 +147,10 @@ impl Invalidation {
     }
 
     /// RFC 9111 §4.4: a successful unsafe request makes the stored answers for its target
-    /// (and its `Location`) stale, in every partition.
-    pub fn after_write(&self, path: &str, response_headers: &HeaderMap) {
+    /// (and its `Location`) stale, in every partition — on every replica before it returns.
+    pub async fn after_write(&self, path: &str, response_headers: &HeaderMap) {
         let now = SystemTime::now();
-        self.mark(crate::cache::key::path_key(path), now);
+        self.mark_everywhere(crate::cache::key::path_key(path), now).await;
         self.metrics.invalidations.increment(1);
         self.metrics
             .activity
@@ -154,7 +158,7 @@ impl Invalidation {
         let location = response_headers.get(http::header::LOCATION).and_then(|v| v.to_str().ok());
         if let Some(rest) = location.and_then(|l| l.strip_prefix(self.upstream_base.as_str())) {
             if rest.starts_with('/') {
-                self.mark(crate::cache::key::path_key(rest), now);
+                self.mark_everywhere(crate::cache::key::path_key(rest), now).await;
             }
         }
     }
@@ -172,7 +176,9 @@ impl Invalidation {
         };
         self.metrics.activity.event("invalidation", what);
         match (path, owner, repo) {
-            (Some(path), _, _) => self.mark(crate::cache::key::path_key(path), SystemTime::now()),
+            (Some(path), _, _) => {
+                self.mark_everywhere(crate::cache::key::path_key(path), SystemTime::now()).await
+            }
             (None, Some(owner), Some(repo)) => {
                 self.mark_stale(format!("repo:{}/{}", owner.to_ascii_lowercase(), repo.to_ascii_lowercase()))
                     .await
@@ -301,35 +307,58 @@ impl Invalidation {
         }
     }
 
-    /// Brings in staleness marks other replicas wrote (called every second with a shared store).
-    pub async fn pull_marks(&self) {
-        let Some(shared) = &self.shared else { return };
-        let Ok(keys) = shared.keys_with_prefix("inv:").await else { return };
-        for key in keys {
-            let Ok(Some(mark)) = shared.get_live(&key).await else { continue };
-            let Ok(bytes) = <[u8; 8]>::try_from(&mark.payload[..]) else { continue };
-            let at = UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(bytes));
-            let scope = key.trim_start_matches("inv:").to_string();
-            if self.marks.get(&scope).is_none_or(|t| t < at) {
-                // Marks made while this replica runs show on its status page too.
-                if self.metrics.activity.started().is_some_and(|started| at > started) {
-                    let what = scope.replacen(':', " ", 1);
-                    self.metrics.activity.event("invalidation", format!("from another replica: {what}"));
+    /// Follows the replicas' event log once (waiting up to about a second for an event) and
+    /// applies the marks other replicas announced after `cursor`; `None` starts from the
+    /// oldest the log holds. A failure is logged once and returned, for the caller to retry.
+    pub async fn follow_marks(&self, cursor: &mut Option<String>) -> Result<(), ()> {
+        let Some(shared) = &self.shared else {
+            std::future::pending::<()>().await;
+            return Ok(());
+        };
+        let followed = match shared.follow(cursor.as_deref()).await {
+            Ok(followed) => followed,
+            Err(e) => {
+                if !self.following_failed.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, "cannot follow other replicas' invalidations; retrying every second");
                 }
-                self.mark(scope, at);
+                return Err(());
             }
+        };
+        if self.following_failed.swap(false, Ordering::Relaxed) {
+            tracing::info!("following other replicas' invalidations again");
         }
+        *cursor = followed.cursor;
+        for event in followed.events {
+            let Some((replica, at, key)) = parse_announcement(&event) else { continue };
+            if replica == self.replica || self.marks.get(key).is_some_and(|t| t >= at) {
+                continue;
+            }
+            self.metrics.replica_marks.increment(1);
+            // Marks made while this replica runs show on its status page too.
+            if self.metrics.activity.started().is_some_and(|started| at > started) {
+                let what = key.replacen(':', " ", 1);
+                self.metrics.activity.event("invalidation", format!("from another replica: {what}"));
+            }
+            self.mark(key.to_string(), at);
+        }
+        Ok(())
     }
 
-    /// Marks a scope (`repo:o/r`, `owner:o`) stale now, here and — with a shared store — for
-    /// every replica (they pick marks up within a second, see [`Invalidation::pull_marks`]).
+    /// Marks a scope (`repo:o/r`, `owner:o`) stale now, everywhere.
     async fn mark_stale(&self, scope: String) {
-        let now = SystemTime::now();
-        self.mark(scope.clone(), now);
+        self.mark_everywhere(scope, SystemTime::now()).await;
+    }
+
+    /// Marks a path key or a scope stale since `at` here and — with a shared store — announces
+    /// it to every replica (they apply it on receipt, see [`Invalidation::follow_marks`]).
+    async fn mark_everywhere(&self, key: String, at: SystemTime) {
         if let Some(shared) = &self.shared {
-            let millis = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-            let _ = shared.put_expiring(&format!("inv:{scope}"), &millis.to_be_bytes(), MARK_TTL).await;
+            let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            let announcement = format!("{} {millis} {key}", self.replica);
+            // A failure is counted and logged by the store; this replica still has the mark.
+            let _ = shared.announce(announcement.as_bytes()).await;
         }
+        self.mark(key, at);
     }
 
     /// Records a staleness mark for a path key or a scope.
@@ -343,4 +372,14 @@ fn warn_of_short_secrets(secrets: &[String]) {
     if secrets.iter().any(|secret| secret.len() < 16) {
         warn!("a webhook secret is shorter than 16 bytes: deliveries signed with it are easy to forge");
     }
+}
+
+/// `<replica> <millis> <key>` → its parts.
+fn parse_announcement(event: &[u8]) -> Option<(&str, SystemTime, &str)> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut parts = text.splitn(3, ' ');
+    let replica = parts.next()?;
+    let millis: u64 = parts.next()?.parse().ok()?;
+    let key = parts.next().filter(|k| !k.is_empty())?;
+    Some((replica, UNIX_EPOCH + Duration::from_millis(millis), key))
 }

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub(crate) store_errors: Counter,
     /// `ghgate_store_corrupt_entries_total`
     pub(crate) store_corrupt: Counter,
+    /// `ghgate_replica_marks_received_total`: staleness marks applied from other replicas.
+    pub(crate) replica_marks: Counter,
     /// `ghgate_store_recoveries_total`: a failing disk store that works again (probe or reopen).
     pub(crate) store_recoveries: Counter,
     /// `ghgate_store_degraded`: 1 while the backend is failing.
@@ -253,6 +255,10 @@ impl Metrics {
             store_recoveries: counter(
                 "ghgate_store_recoveries_total",
                 "Times a failing disk store worked again without a restart (after a probe write or a reopen).",
+            ),
+            replica_marks: counter(
+                "ghgate_replica_marks_received_total",
+                "Staleness marks (writes, webhooks, purges) other replicas announced and this one applied.",
             ),
             store_corrupt: counter(
                 "ghgate_store_corrupt_entries_total",

@@ -90,6 +90,8 @@ pub(super) struct FillRequest {
     pub negative: Option<Candidate>,
     /// Send no validators of ghgate's own (a retry after an ambiguous 304).
     pub plain: bool,
+    /// When the request asked: an entry another replica fetched since answers it.
+    pub asked_at: SystemTime,
 }
 
 impl Gateway {
@@ -207,6 +209,7 @@ impl Gateway {
             prior,
             negative: None,
             plain: false,
+            asked_at: SystemTime::now(),
         }
     }
 
@@ -476,16 +479,36 @@ struct FillJob {
 impl ReplicaWork for FillJob {
     type Output = Fill;
 
-    /// An entry another replica stored after this request's prior, for the same variant.
+    /// An entry another replica stored that answers this request: newer than its prior, and
+    /// fresh or fetched since the request asked (a fill it waited for). Checked while another
+    /// replica holds the lock, and once more on taking it (double-checked: what this
+    /// replica's memory tier held may be older than what the others stored meanwhile).
     async fn check(&self) -> Option<Fill> {
         let entry = self.gateway.responses.get_from_backend(&self.request.key.key).await.ok().flatten()?;
         let prior_time = self.request.prior.as_ref().map(|p| p.response_time);
         let newer = prior_time.is_none_or(|t| entry.response_time > t);
-        (newer && entry.vary_matches(&self.request.headers))
-            .then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
+        let current = entry.is_fresh(SystemTime::now()) || entry.response_time >= self.request.asked_at;
+        let answers = newer
+            && current
+            && entry.vary_matches(&self.request.headers)
+            && !self.gateway.invalidation.is_marked_stale(&entry);
+        answers.then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
     }
 
-    async fn work(self) -> Fill {
+    /// Fetches, revalidating the newest entry any replica stored: a stale entry in the shared
+    /// store newer than this replica's prior carries the validators GitHub will recognise.
+    async fn work(mut self) -> Fill {
+        if !self.request.plain {
+            let shared = self.gateway.responses.get_from_backend(&self.request.key.key).await.ok().flatten();
+            if let Some(shared) = shared {
+                let prior_time = self.request.prior.as_ref().map(|p| p.response_time);
+                if prior_time.is_none_or(|t| shared.response_time > t)
+                    && shared.vary_matches(&self.request.headers)
+                {
+                    self.request.prior = Some(shared);
+                }
+            }
+        }
         self.gateway.fetch(self.request).await
     }
 }

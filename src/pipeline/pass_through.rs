@@ -103,7 +103,7 @@ impl Gateway {
         };
         if is_unsafe(&parts.method) && (response.status().is_success() || response.status().is_redirection())
         {
-            self.invalidation.after_write(parts.uri.path(), response.headers());
+            self.invalidation.after_write(parts.uri.path(), response.headers()).await;
         }
         if is_unsafe(&parts.method) && response.status().is_success() {
             // Write access shown: shared negative entries of this repository (the statuses

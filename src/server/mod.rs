@@ -177,10 +177,14 @@ async fn start_with(settings: Settings, source: Option<SettingsSource>) -> Resul
         let marks_gateway = Arc::clone(&gateway);
         let mut marks_stop = watcher.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut cursor = None;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => marks_gateway.invalidation().pull_marks().await,
+                    followed = marks_gateway.invalidation().follow_marks(&mut cursor) => {
+                        if followed.is_err() {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
                     _ = marks_stop.changed() => break,
                 }
             }

@@ -40,6 +40,21 @@ use crate::telemetry::Metrics;
 #[error("store error: {0}")]
 pub struct StoreError(pub String);
 
+/// How long the replicas' event log is kept after its last event.
+pub const EVENT_LOG_TTL: Duration = Duration::from_secs(3600);
+
+/// About how many events the replicas' event log keeps.
+pub const EVENT_LOG_LENGTH: usize = 10_000;
+
+/// What [`Store::follow`] brought: events in the order they were announced, and where to go on.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// The events' payloads.
+    pub events: Vec<bytes::Bytes>,
+    /// The cursor to pass next (`None` while the log is empty).
+    pub cursor: Option<String>,
+}
+
 /// Whether the store works right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -97,6 +112,23 @@ pub trait Store: Send + Sync + 'static {
     /// Whether other processes see the same data (replicas sharing Redis).
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// Appends `event` to the log every replica sharing the store follows (kept for
+    /// [`EVENT_LOG_TTL`], the last [`EVENT_LOG_LENGTH`] or so). Backends nobody else sees keep
+    /// nothing: there is no one to tell.
+    fn announce<'a>(&'a self, _event: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The events announced after `cursor` (`None`: every event the log still holds), waiting
+    /// up to about a second for one to come; with the cursor to pass next. Backends nobody else
+    /// sees never have any.
+    fn follow<'a>(&'a self, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Followed, StoreError>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(Followed { events: Vec::new(), cursor: cursor.map(str::to_string) })
+        })
     }
 
     /// Whether the store works right now.
@@ -265,7 +297,15 @@ impl ReplicaLock {
             return job.work().await;
         };
         let fence = match backend.try_lock(&self.key, self.hold).await {
-            Ok(Some(fence)) => fence,
+            Ok(Some(fence)) => {
+                // Double-checked: another replica may have finished this work between this
+                // replica's own look and its taking the lock.
+                if let Some(found) = job.check().await {
+                    let _ = backend.unlock(&self.key, fence).await;
+                    return found;
+                }
+                fence
+            }
             Err(_) => return job.work().await,
             Ok(None) => match self.wait_for_other(backend, &job, metrics).await {
                 Waited::Found(found) => return found,

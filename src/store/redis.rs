@@ -35,12 +35,26 @@ const ADD: &str = "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) \
     if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
     return v";
 
+/// Appends an event to the replicas' log (a stream, trimmed to about `ARGV[2]` entries) and
+/// keeps the log for `ARGV[3]` ms after its last event. One key: fine for Redis Cluster.
+const ANNOUNCE: &str = "redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1]) \
+    redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1";
+
+/// The replicas' event log (staleness marks), under the prefix.
+const EVENT_LOG: &str = "events";
+
+/// How long one follow of the event log blocks waiting for an event.
+const FOLLOW_WAIT: Duration = Duration::from_secs(1);
+
 const UNLOCK: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /// The Redis backend.
 pub(crate) struct RedisStore {
     connection: ConnectionManager,
+    /// The connection that waits on the event log (a blocked read holds its connection, so
+    /// it gets its own).
+    follower: ConnectionManager,
     prefix: String,
     timeout: Duration,
     url_for_logs: String,
@@ -52,6 +66,7 @@ pub(crate) struct RedisStore {
     unlock: redis::Script,
     /// `INCRBY` and `PEXPIRE` of one key, atomically (one key: fine for Redis Cluster).
     add: redis::Script,
+    announce: redis::Script,
 }
 
 impl RedisStore {
@@ -65,10 +80,14 @@ impl RedisStore {
             .set_response_timeout(Some(settings.redis_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
+        let follower_config = config.clone().set_response_timeout(Some(FOLLOW_WAIT + settings.redis_timeout));
         let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| e.to_string())?;
+        let follower =
+            ConnectionManager::new_lazy_with_config(client, follower_config).map_err(|e| e.to_string())?;
         Ok(RedisStore {
             connection,
+            follower,
             prefix: settings.redis_prefix.clone(),
             timeout: settings.redis_timeout,
             url_for_logs: redact_url(url),
@@ -77,6 +96,7 @@ impl RedisStore {
             failures: Failures::new(redact_url(url), metrics),
             unlock: redis::Script::new(UNLOCK),
             add: redis::Script::new(ADD),
+            announce: redis::Script::new(ANNOUNCE),
         })
     }
 
@@ -254,6 +274,56 @@ impl Store for RedisStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn announce<'a>(&'a self, event: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if self.failing_fast() {
+                return Err(StoreError("Redis is failing; skipped".into()));
+            }
+            let mut connection = self.connection.clone();
+            let mut invocation = self.announce.key(self.key(EVENT_LOG));
+            invocation.arg(event).arg(super::EVENT_LOG_LENGTH).arg(super::EVENT_LOG_TTL.as_millis() as u64);
+            let result =
+                tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut connection)).await;
+            self.settle(result).map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn follow<'a>(&'a self, cursor: Option<&'a str>) -> BoxFuture<'a, Result<super::Followed, StoreError>> {
+        async move {
+            use redis::streams::{StreamReadOptions, StreamReadReply};
+            let from = cursor.unwrap_or("0");
+            let options = StreamReadOptions::default().count(1000).block(FOLLOW_WAIT.as_millis() as usize);
+            let mut connection = self.follower.clone();
+            let read = tokio::time::timeout(
+                FOLLOW_WAIT + self.timeout,
+                redis::AsyncCommands::xread_options::<_, _, Option<StreamReadReply>>(
+                    &mut connection,
+                    &[self.key(EVENT_LOG)],
+                    &[from],
+                    &options,
+                ),
+            )
+            .await;
+            // Not `settle`: a follower failing is the follower's business (it retries), and the
+            // commands on the main connection report Redis's health.
+            let reply = match read {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => return Err(StoreError(e.to_string())),
+                Err(_) => return Err(StoreError("no answer from the event log".into())),
+            };
+            let mut followed = super::Followed { events: Vec::new(), cursor: cursor.map(str::to_string) };
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                if let Some(Ok(payload)) = entry.map.get("e").map(redis::from_redis_value_ref::<Vec<u8>>) {
+                    followed.events.push(Bytes::from(payload));
+                }
+                followed.cursor = Some(entry.id);
+            }
+            Ok(followed)
+        }
+        .boxed()
     }
 
     fn health(&self) -> Health {

@@ -15,6 +15,7 @@ mod lifecycle;
 mod limits;
 mod negative;
 mod reliability;
+mod replicas;
 mod robustness;
 mod status_page;
 mod stores;

@@ -1,0 +1,143 @@
+//! Replicas sharing one Redis behave as one node: the same rate-limit units, the newest
+//! validators, read-your-writes across replicas, freshness shared after a 304.
+
+use crate::support;
+
+use std::time::Duration;
+
+use ghgate::config::{Settings, StoreBackend};
+use support::{FakeGitHub, RedisServer, Resource, TestGateway, outcome, start_gateway};
+
+const REPO: &str = "/repos/octo/hello";
+
+fn on_redis(redis: &RedisServer) -> impl Fn(&mut Settings) + use<> {
+    let url = redis.url();
+    move |s: &mut Settings| {
+        s.store.backend = StoreBackend::Redis;
+        s.store.redis_url = Some(url.clone());
+        s.store.redis_timeout = Duration::from_millis(500);
+    }
+}
+
+async fn two_replicas(fake: &FakeGitHub, redis: &RedisServer) -> (TestGateway, TestGateway) {
+    (start_gateway(&fake.url(), on_redis(redis)).await, start_gateway(&fake.url(), on_redis(redis)).await)
+}
+
+#[tokio::test]
+async fn a_change_fetched_by_one_replica_is_not_bought_again_by_the_other() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.set_max_age(1);
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    let (a, b) = two_replicas(&fake, &redis).await;
+    assert_eq!(outcome(&a.get(REPO, Some("t")).await), "MISS");
+    // B finds A's entry in Redis and keeps it in its memory tier.
+    assert_eq!(b.get(REPO, Some("t")).await.text().await.unwrap(), r#"{"v":1}"#);
+    assert_eq!(fake.charged(), 1);
+
+    fake.change(REPO, r#"{"v":2}"#);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let through_a = a.get(REPO, Some("t")).await;
+    assert_eq!(through_a.text().await.unwrap(), r#"{"v":2}"#);
+    assert_eq!(fake.charged(), 2, "A pays for the new body");
+
+    // B's memory tier holds v1, stale; Redis holds A's v2, fresh. B must not pay again.
+    let through_b = b.get(REPO, Some("t")).await;
+    assert_ne!(outcome(&through_b), "MISS");
+    assert_eq!(through_b.text().await.unwrap(), r#"{"v":2}"#);
+    assert_eq!(fake.charged(), 2, "the change was bought once across both replicas");
+}
+
+#[tokio::test]
+async fn a_revalidation_by_one_replica_refreshes_the_entry_for_the_other() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.set_max_age(1);
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    let (a, b) = two_replicas(&fake, &redis).await;
+    assert_eq!(outcome(&a.get(REPO, Some("t")).await), "MISS");
+    b.get(REPO, Some("t")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    assert_eq!(outcome(&a.get(REPO, Some("t")).await), "REVALIDATED");
+    let requests = fake.requests_for(REPO);
+    // Within the refreshed max-age, B answers from the refreshed record without asking GitHub.
+    let through_b = b.get(REPO, Some("t")).await;
+    assert_eq!(through_b.status(), 200);
+    assert_eq!(fake.requests_for(REPO), requests, "B did not revalidate what A just revalidated");
+}
+
+#[tokio::test]
+async fn a_conditional_request_carries_the_newest_validator_any_replica_holds() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.set_max_age(1);
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    let (a, b) = two_replicas(&fake, &redis).await;
+    a.get(REPO, Some("t")).await;
+    b.get(REPO, Some("t")).await;
+    fake.change(REPO, r#"{"v":2}"#);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.get(REPO, Some("t")).await; // A holds v2 now, in Redis too
+    tokio::time::sleep(Duration::from_millis(1100)).await; // v2 is stale everywhere
+
+    // B's memory tier still holds v1: its revalidation must offer v2's ETag, and get a 304.
+    let not_modified = fake.not_modified();
+    let through_b = b.get(REPO, Some("t")).await;
+    assert_eq!(outcome(&through_b), "REVALIDATED");
+    assert_eq!(through_b.text().await.unwrap(), r#"{"v":2}"#);
+    assert_eq!(fake.not_modified(), not_modified + 1);
+    assert_eq!(fake.charged(), 2, "v1 and v2 bought once each");
+}
+
+#[tokio::test]
+async fn a_write_through_one_replica_is_seen_through_the_other_50_ms_after_its_answer() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(r#"{"v":1}"#)); // max-age 60
+    let (a, b) = two_replicas(&fake, &redis).await;
+    assert_eq!(outcome(&b.get(REPO, Some("t")).await), "MISS");
+    assert_eq!(outcome(&b.get(REPO, Some("t")).await), "HIT");
+
+    for round in 2..5 {
+        let body = format!(r#"{{"v":{round}}}"#);
+        let written = a
+            .client
+            .patch(format!("{}{REPO}", a.url))
+            .header("authorization", "token t")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(written.status(), 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let read = b.get(REPO, Some("t")).await;
+        assert_ne!(outcome(&read), "HIT", "round {round}: B served the old body after A's write");
+        assert_eq!(read.text().await.unwrap(), body, "round {round}");
+    }
+    assert!(b.metric("ghgate_replica_marks_received_total").await >= 3.0);
+}
+
+#[tokio::test]
+async fn a_replica_started_after_a_write_does_not_serve_what_it_made_stale() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    let a = start_gateway(&fake.url(), on_redis(&redis)).await;
+    assert_eq!(outcome(&a.get(REPO, Some("t")).await), "MISS"); // in Redis, fresh for 60 s
+    let written = a
+        .client
+        .patch(format!("{}{REPO}", a.url))
+        .header("authorization", "token t")
+        .body(r#"{"v":2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 200);
+
+    // B starts after the write: it catches up on the log before serving the entry A stored.
+    let b = start_gateway(&fake.url(), on_redis(&redis)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let read = b.get(REPO, Some("t")).await;
+    assert_eq!(read.text().await.unwrap(), r#"{"v":2}"#);
+}
