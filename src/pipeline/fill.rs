@@ -246,6 +246,16 @@ impl Gateway {
         usable.then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
     }
 
+    /// The replica lock of the first fetch of `variant` (see [`ReplicaLock::lead_or_wait`]).
+    fn pioneer_lock(&self, variant: &str) -> ReplicaLock {
+        ReplicaLock {
+            backend: self.responses.backend().cloned(),
+            key: format!("lock:v:{}", hex::encode(crate::store::digest(variant.as_bytes()))),
+            hold: self.settings.upstream.timeout + std::time::Duration::from_secs(2),
+            wait: self.settings.upstream.timeout,
+        }
+    }
+
     /// The validators a fill offers: its own entry's, and — with computed validators on and
     /// the canary content — the bodies other partitions hold for the same variant. A request
     /// carrying the client's own validators offers nothing else.
@@ -261,7 +271,15 @@ impl Gateway {
                     continue;
                 }
                 // A store failure is a miss here too; the backend has counted and logged it.
-                let Ok(Some(entry)) = self.responses.get(&holder.key).await else { continue };
+                let Ok(Some(mut entry)) = self.responses.get(&holder.key).await else { continue };
+                if crate::store::digest(&entry.body) != holder.digest {
+                    // This replica's memory tier holds an older body under that key than the
+                    // one another replica recorded: the shared store has the recorded one.
+                    let Ok(Some(shared)) = self.responses.get_from_backend(&holder.key).await else {
+                        continue;
+                    };
+                    entry = shared;
+                }
                 if entry.status == StatusCode::OK {
                     conditional.siblings.push(entry);
                 }
@@ -294,7 +312,18 @@ impl Gateway {
         // wait for its body, to offer it (a free 304) instead of each paying at once.
         let _pioneering = match self.may_offer_siblings(&request) {
             true => {
-                self.pioneers.lead_or_wait(request.key.variant(), self.settings.upstream.timeout).await.ok()
+                let here = self
+                    .pioneers
+                    .lead_or_wait(request.key.variant(), self.settings.upstream.timeout)
+                    .await
+                    .ok();
+                // Then across replicas: one replica's fetch of the variant at a time goes
+                // first; the others wait for its body to offer it.
+                let across = match &here {
+                    Some(_) => self.pioneer_lock(request.key.variant()).lead_or_wait().await,
+                    None => None,
+                };
+                Some((here, across))
             }
             false => None,
         };

@@ -357,6 +357,49 @@ impl ReplicaLock {
     }
 }
 
+impl ReplicaLock {
+    /// For work other replicas wait for but do not share (the first fetch of a variant, see
+    /// `coalesce::Pioneers`): takes the lock and returns a [`Lease`] to hold while working, or,
+    /// while another replica holds it, waits until it lets go (or `wait` runs out) and returns
+    /// `None`. A store no other replica sees, or that fails, means "go ahead" (`None`).
+    pub(crate) async fn lead_or_wait(&self) -> Option<Lease> {
+        let backend = self.backend.as_ref().filter(|b| b.is_shared())?;
+        match backend.try_lock(&self.key, self.hold).await {
+            Ok(Some(fence)) => Some(Lease { backend: Arc::clone(backend), key: self.key.clone(), fence }),
+            Ok(None) => {
+                let deadline = std::time::Instant::now() + self.wait;
+                while std::time::Instant::now() < deadline {
+                    // Short polls: the holder's work is one upstream request, often a few ms.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if !matches!(backend.get(&self.key).await, Ok(Some(_))) {
+                        break;
+                    }
+                }
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// A replica lock held while its work runs; let go (in the background) when dropped.
+pub(crate) struct Lease {
+    backend: Arc<dyn Store>,
+    key: String,
+    fence: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (backend, key, fence) = (Arc::clone(&self.backend), std::mem::take(&mut self.key), self.fence);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = backend.unlock(&key, fence).await;
+            });
+        }
+    }
+}
+
 /// How waiting for another replica ended.
 enum Waited<T> {
     /// It stored the result.

@@ -141,3 +141,59 @@ async fn a_replica_started_after_a_write_does_not_serve_what_it_made_stale() {
     let read = b.get(REPO, Some("t")).await;
     assert_eq!(read.text().await.unwrap(), r#"{"v":2}"#);
 }
+
+#[tokio::test]
+async fn a_body_one_replica_bought_is_revalidated_for_free_by_another_token_on_the_other() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    let (a, b) = two_replicas(&fake, &redis).await;
+    assert_eq!(outcome(&a.get(REPO, Some("t1")).await), "MISS");
+    assert_eq!(fake.charged(), 1);
+    // Another token through the other replica: GitHub's 304 to its own conditional request
+    // (offering the body A holds) costs nothing.
+    let through_b = b.get(REPO, Some("t2")).await;
+    assert_eq!(through_b.text().await.unwrap(), r#"{"v":1}"#);
+    assert_eq!(fake.charged(), 1, "one unit for the fleet across both replicas");
+}
+
+#[tokio::test]
+async fn many_tokens_reading_a_new_resource_through_two_replicas_pay_for_it_once() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    fake.set_delay(Duration::from_millis(100));
+    let (a, b) = two_replicas(&fake, &redis).await;
+    let mut reads = Vec::new();
+    for t in 0..10 {
+        let gw = if t % 2 == 0 { &a } else { &b };
+        let (client, url) = (gw.client.clone(), format!("{}{REPO}", gw.url));
+        reads.push(tokio::spawn(async move {
+            let r = client.get(url).header("authorization", format!("token fleet-{t}")).send().await.unwrap();
+            r.text().await.unwrap()
+        }));
+    }
+    for read in reads {
+        assert_eq!(read.await.unwrap(), r#"{"v":1}"#);
+    }
+    assert_eq!(fake.charged(), 1, "the first fetch of the variant went first across replicas");
+}
+
+#[tokio::test]
+async fn a_body_recorded_by_another_replica_is_offered_even_when_this_one_holds_an_older_copy() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.set_max_age(1);
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    let (a, b) = two_replicas(&fake, &redis).await;
+    a.get(REPO, Some("t1")).await;
+    b.get(REPO, Some("t1")).await; // B's memory tier: t1's entry, v1
+    fake.change(REPO, r#"{"v":2}"#);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(a.get(REPO, Some("t1")).await.text().await.unwrap(), r#"{"v":2}"#);
+    assert_eq!(fake.charged(), 2);
+    // t2 through B: the fleet's newest body is t1's v2 (in Redis), not B's v1 copy of it.
+    let through_b = b.get(REPO, Some("t2")).await;
+    assert_eq!(through_b.text().await.unwrap(), r#"{"v":2}"#);
+    assert_eq!(fake.charged(), 2, "t2's request offered v2 and got a free 304");
+}
