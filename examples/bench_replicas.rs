@@ -9,6 +9,10 @@
 //! per-credential ideal is T × R × 4 (every token pays once per version); computed
 //! validators, on by default, take the fleet below it.
 //!
+//! Then read-your-writes: 50 `PATCH`es through one replica, each followed by reads through the
+//! other every millisecond until it answers the new body: the delay from the write's answer
+//! to the first read that shows it (max-age 60 s, so only the invalidation can show it).
+//!
 //! `cargo run --release --example bench_replicas` (env: TOKENS, RESOURCES, SECONDS, RUNS).
 
 // The example uses part of the test harness.
@@ -229,6 +233,60 @@ async fn main() {
             median(results, |r| r.oldest_after_change.as_secs_f64()),
         );
     }
+    let delays = write_visibility(50).await;
+    println!(
+        "\nread-your-writes across 2 replicas (50 writes): first read showing the write {:.2?} after its answer (median), p90 {:.2?}, max {:.2?}",
+        delays[delays.len() / 2],
+        delays[delays.len() * 9 / 10],
+        delays[delays.len() - 1]
+    );
+}
+
+/// Delays from a write's answer through one replica to the other replica's first read that
+/// shows it, sorted.
+async fn write_visibility(writes: u64) -> Vec<Duration> {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/org/w", Resource::json(body(0, 0)));
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let running = ghgate::server::start(settings(&fake.url(), dir.path(), &redis.url())).await.unwrap();
+        replicas.push((format!("http://{}/repos/org/w", running.proxy_addr), running, dir));
+    }
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let read = |url: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(url).header("authorization", "token writer").send().await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    read(replicas[1].0.clone()).await;
+    let mut delays = Vec::new();
+    for version in 1..=writes {
+        let answer = client
+            .patch(&replicas[0].0)
+            .header("authorization", "token writer")
+            .body(body(0, version))
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success());
+        let answered = Instant::now();
+        while read(replicas[1].0.clone()).await != version {
+            assert!(answered.elapsed() < Duration::from_secs(5), "write {version} not visible within 5 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        delays.push(answered.elapsed());
+    }
+    for (_, running, _) in replicas {
+        running.shutdown().await;
+    }
+    delays.sort();
+    delays
 }
 
 fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
