@@ -75,10 +75,12 @@ pub struct Invalidation {
 }
 
 impl Invalidation {
-    /// No marks yet; `backend` is used only when other replicas share it.
+    /// No marks yet; `backend` is used only when other replicas share it, where `replica`
+    /// names this process in its announcements.
     pub fn new(
         settings: &Settings,
         backend: Option<Arc<dyn Store>>,
+        replica: &str,
         negative: Arc<NegativeCache>,
         metrics: Arc<Metrics>,
     ) -> Invalidation {
@@ -102,7 +104,7 @@ impl Invalidation {
                 .build(),
             webhook_reads: tokio::sync::Semaphore::new(settings.webhooks.max_concurrent),
             shared: backend.filter(|b| b.is_shared()),
-            replica: format!("{:016x}", rand::random::<u64>()),
+            replica: replica.to_string(),
             following_failed: AtomicBool::new(false),
             upstream_base: crate::rewrite::base_of(&settings.upstream.url),
             negative,

@@ -28,6 +28,7 @@ mod activity;
 mod app_auth;
 mod breaker;
 mod coalesce;
+mod fleet;
 mod invalidation;
 mod limits;
 mod pipeline;

@@ -45,6 +45,7 @@ use crate::cache::etag::Canary;
 use crate::cache::policy::FreshnessPolicy;
 use crate::coalesce::{Coalescer, Pioneers};
 use crate::config::Settings;
+use crate::fleet::{Fleet, Replica};
 use crate::github;
 use crate::identity::{Partition, Partitioner};
 use crate::inbound::{Admitted, Inbound};
@@ -85,6 +86,8 @@ pub struct Gateway {
     pioneers: Pioneers,
     /// Whether GitHub is failing, so stale entries are served at once.
     breaker: Breaker,
+    /// This replica's report to the fleet view, and the view.
+    fleet: Fleet,
     upstream: Upstream,
     /// The upstream base URL as it appears in `Link` / `Location`, and the configured public
     /// base that replaces it.
@@ -119,8 +122,14 @@ impl Gateway {
             Arc::clone(&negative),
             Arc::clone(&metrics),
         )?;
-        let invalidation =
-            Invalidation::new(&settings, stores.backend.clone(), Arc::clone(&negative), Arc::clone(&metrics));
+        let replica = Replica::new();
+        let invalidation = Invalidation::new(
+            &settings,
+            stores.backend.clone(),
+            &replica.id,
+            Arc::clone(&negative),
+            Arc::clone(&metrics),
+        );
         let public_url =
             settings.server.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());
         metrics.store_max_bytes.set(settings.cache.max_bytes as f64);
@@ -141,6 +150,7 @@ impl Gateway {
             upstream_base: rewrite::base_of(&settings.upstream.url),
             public_url,
             siblings: Siblings::new(stores.backend.clone()),
+            fleet: Fleet::new(replica, stores.backend.clone()),
             etag_canary: Canary::default(),
             responses: stores.responses,
             metrics,
@@ -275,6 +285,23 @@ impl Gateway {
         self.invalidation.set_webhook_secrets(&new.webhooks.secrets);
         self.applied.store(Arc::new(new));
         Ok(())
+    }
+
+    /// This replica's place in the fleet view.
+    pub(crate) fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Publishes this replica's totals and last hour for the fleet view of every replica
+    /// (upkeep calls it every few seconds; the admin views before reading the fleet's).
+    pub(crate) async fn report_to_fleet(&self) {
+        if !self.fleet.is_shared() {
+            return;
+        }
+        let activity = &self.metrics.activity;
+        let totals = self.metrics.totals();
+        let minutes = activity.last_minutes(std::time::SystemTime::now(), 60, totals);
+        self.fleet.publish(activity.started(), totals, minutes).await;
     }
 
     /// The admit phase's state (limiter, CORS).

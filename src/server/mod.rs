@@ -201,6 +201,7 @@ async fn start_with(settings: Settings, source: Option<SettingsSource>) -> Resul
                     upkeep_gateway.inbound().retain_recent();
                     record_store_gauges(&upkeep_gateway);
                     upkeep_gateway.metrics().run_upkeep();
+                    upkeep_gateway.report_to_fleet().await;
                 }
                 _ = upkeep_stop.changed() => break,
             }
@@ -453,15 +454,39 @@ async fn tokens(State(gateway): State<Arc<Gateway>>) -> Response {
     axum::Json(serde_json::json!({ "tokens": gateway.broker().token_metadata() })).into_response()
 }
 
-/// `GET /stats`: answers by outcome, hit ratio, store size.
+/// `GET /stats`: answers by outcome, hit ratio, units, store size; with replicas sharing a
+/// store, the fleet's totals and each replica seen in the last minutes.
 async fn stats(State(gateway): State<Arc<Gateway>>) -> Response {
     let responses = gateway.responses();
     responses.maintain().await;
     let counts = gateway.metrics().outcome_counts();
     let totals = gateway.metrics().totals();
+    let ratio = |local: u64, answers: u64| if answers == 0 { 0.0 } else { local as f64 / answers as f64 };
+    gateway.report_to_fleet().await;
+    let fleet = gateway.fleet().view().await.map(|view| {
+        serde_json::json!({
+            "replicas": view.replicas.iter().map(|r| serde_json::json!({
+                "id": r.id,
+                "name": r.name,
+                "seen_seconds_ago": now_epoch().saturating_sub(r.at),
+                "answers": r.answers,
+                "hit_ratio": ratio(r.local, r.answers),
+                "units_spent": r.spent,
+                "units_saved": r.saved,
+            })).collect::<Vec<_>>(),
+            "answers": view.answers,
+            "hit_ratio": ratio(view.local, view.answers),
+            "units_spent": view.spent,
+            "units_saved": view.saved,
+        })
+    });
     let body = serde_json::json!({
+        "replica": gateway.fleet().replica().name,
         "answers": counts.iter().map(|(o, n)| (o.to_ascii_lowercase(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-        "hit_ratio": if totals.answers == 0 { 0.0 } else { totals.local as f64 / totals.answers as f64 },
+        "hit_ratio": ratio(totals.local, totals.answers),
+        "units_spent": totals.spent,
+        "units_saved": totals.saved,
+        "fleet": fleet,
         "store": {
             "location": responses.location(),
             "entries": responses.entry_count(),
@@ -472,6 +497,10 @@ async fn stats(State(gateway): State<Arc<Gateway>>) -> Response {
         },
     });
     axum::Json(body).into_response()
+}
+
+fn now_epoch() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// What to purge: a path, a repository (owner + repo) or an owner.

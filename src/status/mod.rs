@@ -55,6 +55,7 @@ pub async fn data(gateway: &Gateway) -> serde_json::Value {
     let epoch = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     let responses = gateway.responses();
     responses.maintain().await;
+    gateway.report_to_fleet().await;
     let activity = &gateway.metrics().activity;
     let totals = gateway.metrics().totals();
     let health = match responses.health() {
@@ -79,6 +80,8 @@ pub async fn data(gateway: &Gateway) -> serde_json::Value {
             "saved": totals.saved,
         },
         "minutes": activity.last_minutes(now, 60, totals),
+        "replica": gateway.fleet().replica().name,
+        "fleet": gateway.fleet().view().await,
         "budgets": gateway.budgets().lines().await,
         "events": activity.recent_events(),
     })

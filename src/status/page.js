@@ -130,12 +130,48 @@
     }
   }
 
+  // With replicas sharing the store, the tiles and the chart show the fleet (this replica's
+  // own figures are its row in the table).
+  function renderFleet(s) {
+    const fleet = s.fleet;
+    $("fleet").hidden = !fleet;
+    $("chart-scope").textContent = fleet ? "· all " + fleet.replicas.length + " replicas" : "";
+    if (!fleet) return;
+    const body = $("replicas").tBodies[0];
+    while (body.firstChild) body.removeChild(body.firstChild);
+    const rows = fleet.replicas.concat([{ name: "all replicas", answers: fleet.answers, local: fleet.local,
+      saved: fleet.saved, spent: fleet.spent, total: true }]);
+    for (const r of rows) {
+      const row = el("tr", { class: r.total ? "replica total" : "replica" });
+      const name = r.name + (r.name === s.replica ? " (this one)" : "");
+      row.appendChild(el("td", {}, name));
+      row.appendChild(el("td", {}, fmtInt(r.answers)));
+      const hr = ratio(r.local, r.answers);
+      row.appendChild(el("td", {}, hr === null ? "–" : fmtPct(hr)));
+      row.appendChild(el("td", {}, fmtInt(r.saved)));
+      row.appendChild(el("td", {}, fmtInt(r.spent)));
+      row.appendChild(el("td", {}, r.total ? "" : fmtDuration(Math.max(0, s.now - r.at)) + " ago"));
+      body.appendChild(row);
+    }
+  }
+
+  // The figures the tiles and the chart draw: the fleet's when there is one.
+  function scope(s) {
+    if (!s.fleet) return s;
+    const f = s.fleet;
+    return Object.assign({}, s, {
+      minutes: f.minutes.slice(-s.minutes.length),
+      totals: { answers: f.answers, local: f.local, spent: f.spent, saved: f.saved },
+    });
+  }
+
   function render(s) {
     $("version").textContent = s.version;
     $("meta").textContent = "up " + fmtDuration(s.uptime_seconds) + " · store " + s.store.health +
       " · updated " + fmtClock(s.now);
-    renderTiles(s);
-    renderChart(s);
+    renderFleet(s);
+    renderTiles(scope(s));
+    renderChart(scope(s));
     renderBudgets(s);
     renderEvents(s);
     $("main").hidden = false;

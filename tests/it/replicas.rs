@@ -197,3 +197,42 @@ async fn a_body_recorded_by_another_replica_is_offered_even_when_this_one_holds_
     assert_eq!(through_b.text().await.unwrap(), r#"{"v":2}"#);
     assert_eq!(fake.charged(), 2, "t2's request offered v2 and got a free 304");
 }
+
+#[tokio::test]
+async fn stats_and_status_show_the_fleet_beside_this_replica() {
+    let redis = RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(r#"{"v":1}"#));
+    let (a, b) = two_replicas(&fake, &redis).await;
+    for _ in 0..3 {
+        a.get(REPO, Some("t")).await;
+    }
+    for _ in 0..5 {
+        b.get(REPO, Some("t")).await;
+    }
+    // Each replica reports every 5 s and when its admin view is read: B's read brings its 5.
+    b.admin_json("/stats").await;
+    let stats = a.admin_json("/stats").await;
+    let fleet = &stats["fleet"];
+    assert_eq!(fleet["replicas"].as_array().unwrap().len(), 2, "{stats}");
+    assert_eq!(fleet["answers"], 8, "{stats}");
+    assert_eq!(stats["answers"]["hit"].as_u64().unwrap() + stats["answers"]["miss"].as_u64().unwrap(), 3);
+    assert_eq!(fleet["units_spent"], 1, "one paid answer in the whole fleet: {stats}");
+    let names: Vec<&str> =
+        fleet["replicas"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&stats["replica"].as_str().unwrap()), "{names:?}");
+
+    let status = a.admin_json("/status.json").await;
+    assert_eq!(status["fleet"]["answers"], 8);
+    let fleet_minutes: u64 =
+        status["fleet"]["minutes"].as_array().unwrap().iter().map(|m| m["answers"].as_u64().unwrap()).sum();
+    assert_eq!(fleet_minutes, 8, "the fleet's last hour sums both replicas");
+}
+
+#[tokio::test]
+async fn one_node_shows_no_fleet() {
+    let fake = FakeGitHub::start().await;
+    let gw = start_gateway(&fake.url(), |_| {}).await;
+    assert!(gw.admin_json("/stats").await["fleet"].is_null());
+    assert!(gw.admin_json("/status.json").await["fleet"].is_null());
+}

@@ -162,3 +162,40 @@ fn the_browser_check_catches_a_console_error() {
     let rendered = render(&format!("file://{}", page.display()), &dir.path().join("out"));
     assert!(rendered.console.contains("notDefinedAnywhere is not defined"), "{}", rendered.console);
 }
+
+#[tokio::test]
+async fn with_replicas_the_page_shows_the_fleet_and_each_replica() {
+    if browser_tests_skipped() {
+        return;
+    }
+    let redis = support::RedisServer::start();
+    let fake = FakeGitHub::start().await;
+    fake.put("/repos/octo/hello", Resource::json(r#"{"name":"hello"}"#));
+    let url = redis.url();
+    let on_redis = move |s: &mut ghgate::config::Settings| {
+        s.store.backend = ghgate::config::StoreBackend::Redis;
+        s.store.redis_url = Some(url.clone());
+    };
+    let a = start_gateway(&fake.url(), on_redis.clone()).await;
+    let b = start_gateway(&fake.url(), on_redis).await;
+    for _ in 0..4 {
+        a.get("/repos/octo/hello", Some("alice-token")).await;
+    }
+    for _ in 0..6 {
+        b.get("/repos/octo/hello", Some("alice-token")).await;
+    }
+    b.admin_json("/stats").await; // B reports now rather than within 5 s
+
+    let out = tempfile::tempdir().unwrap();
+    let page = render_async(format!("{}/", a.admin_url), out.path().to_path_buf()).await;
+    std::fs::copy(&page.screenshot, artifacts_dir().join("status-page-fleet.png")).unwrap();
+    assert_eq!(page.console, "", "the page logged to the console");
+    assert!(page.dom.contains("<section id=\"fleet\">"), "the fleet section is shown: {}", page.dom);
+    assert_eq!(page.dom.matches("<tr class=\"replica\"").count(), 2, "a row per replica");
+    assert!(page.dom.contains("(this one)") && page.dom.contains("all replicas"));
+    assert!(page.dom.contains("· all 2 replicas"), "the chart is the fleet's");
+    // The tiles count the fleet's 10 requests (one paid miss), not this replica's 4.
+    assert!(page.dom.contains("90.0% since start · 10 requests"), "{}", page.dom);
+    a.stop().await;
+    b.stop().await;
+}
