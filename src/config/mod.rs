@@ -590,9 +590,12 @@ pub struct StoreSettings {
     /// The in-memory tier in front of the disk or Redis backend.
     #[serde(with = "size")]
     pub hot_max_bytes: u64,
-    /// `redis://[user:password@]host[:port][/db]` (or `rediss://`) for `backend = "redis"`.
+    /// `redis://[user:password@]host[:port][/db]` (or `rediss://`) for `backend = "redis"`;
+    /// with `redis_cluster`, one or more seed nodes separated by commas.
     #[serde(deserialize_with = "de_opt_string", serialize_with = "ser_redacted")]
     pub redis_url: Option<String>,
+    /// Talk to a Redis Cluster (slots spread over several masters) rather than one server.
+    pub redis_cluster: bool,
     /// Namespace of every key ghgate writes, so several deployments can share one Redis.
     #[serde(deserialize_with = "de_string")]
     pub redis_prefix: String,
@@ -614,6 +617,7 @@ impl Default for StoreSettings {
             hot_max_bytes: 64 * 1024 * 1024,
             redis_url: None,
             redis_prefix: "ghgate:".into(),
+            redis_cluster: false,
             redis_timeout: Duration::from_millis(250),
             lock_wait: Duration::from_secs(5),
         }

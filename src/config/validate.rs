@@ -54,12 +54,18 @@ impl Settings {
         if self.store.backend == StoreBackend::Redis {
             match self.store.redis_url.as_deref() {
                 None => bad("store.redis_url", "is required when store.backend = \"redis\"".into()),
-                Some(url) => {
-                    if !(url.starts_with("redis://")
-                        || url.starts_with("rediss://")
-                        || url.starts_with("unix://"))
-                    {
-                        bad("store.redis_url", "must start with redis://, rediss:// or unix://".into());
+                Some(urls) => {
+                    let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+                    if seeds.len() > 1 && !self.store.redis_cluster {
+                        bad("store.redis_url", "several URLs need store.redis_cluster = true".into());
+                    }
+                    for url in seeds {
+                        if !(url.starts_with("redis://")
+                            || url.starts_with("rediss://")
+                            || url.starts_with("unix://"))
+                        {
+                            bad("store.redis_url", "must start with redis://, rediss:// or unix://".into());
+                        }
                     }
                 }
             }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use tracing::info;
 
 use super::failures::Failures;
@@ -49,12 +50,74 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(1);
 const UNLOCK: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
+/// A connection to one Redis server or to a Redis Cluster: both reconnect by themselves, and
+/// a cluster connection routes each command to the master of its key's slot (following
+/// `MOVED` / `ASK` during a slot migration).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens the connection `settings` ask for, lazily (a Redis that is down at start-up gives a
+/// degraded start), with `response_timeout` for each command.
+fn open(settings: &StoreSettings, urls: &str, response_timeout: Duration) -> Result<Connection, String> {
+    if settings.redis_cluster {
+        let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let client = redis::cluster::ClusterClient::builder(seeds)
+            .connection_timeout(settings.redis_timeout)
+            .response_timeout(response_timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| format!("not a Redis Cluster seed list ({e})"))?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(settings.redis_timeout)
+            .set_response_timeout(response_timeout);
+        return Ok(Connection::Cluster(client.get_pending_async_connection_with_config(config)));
+    }
+    let client = redis::Client::open(urls).map_err(|e| format!("not a Redis URL ({e})"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.redis_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config).map(Connection::Single).map_err(|e| e.to_string())
+}
+
 /// The Redis backend.
 pub(crate) struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     /// The connection that waits on the event log (a blocked read holds its connection, so
     /// it gets its own).
-    follower: ConnectionManager,
+    follower: Connection,
     prefix: String,
     timeout: Duration,
     url_for_logs: String,
@@ -74,17 +137,8 @@ impl RedisStore {
     /// degraded start rather than a failed one).
     pub(crate) fn connect(settings: &StoreSettings, metrics: Arc<Metrics>) -> Result<RedisStore, String> {
         let url = settings.redis_url.as_deref().ok_or("is required when store.backend = \"redis\"")?;
-        let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL ({e})"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.redis_timeout))
-            .set_response_timeout(Some(settings.redis_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let follower_config = config.clone().set_response_timeout(Some(FOLLOW_WAIT + settings.redis_timeout));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| e.to_string())?;
-        let follower =
-            ConnectionManager::new_lazy_with_config(client, follower_config).map_err(|e| e.to_string())?;
+        let connection = open(settings, url, settings.redis_timeout)?;
+        let follower = open(settings, url, FOLLOW_WAIT + settings.redis_timeout)?;
         Ok(RedisStore {
             connection,
             follower,
@@ -131,6 +185,46 @@ impl RedisStore {
         self.settle(result)
     }
 
+    /// A cluster's masters that are not marked failing, as `(host, port)` (from `CLUSTER NODES`).
+    async fn masters(&self) -> Result<Vec<(String, u16)>, StoreError> {
+        let nodes: String = self.run(redis::cmd("CLUSTER").arg("NODES").to_owned()).await?;
+        Ok(nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let flags = fields.get(2)?;
+                if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                    return None;
+                }
+                // `host:port@cport[,hostname]`
+                let address = fields.get(1)?.split(['@', ',']).next()?;
+                let (host, port) = address.rsplit_once(':')?;
+                Some((host.to_string(), port.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Runs one command on the cluster node at `address`, with the timeout, recording health.
+    async fn run_on<T: redis::FromRedisValue>(
+        &self,
+        address: &(String, u16),
+        cmd: redis::Cmd,
+    ) -> Result<T, StoreError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let Connection::Cluster(connection) = &self.connection else { return self.run(cmd).await };
+        let mut connection = connection.clone();
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: address.0.clone(),
+            port: address.1,
+        });
+        let result = tokio::time::timeout(self.timeout, async {
+            let value = connection.route_command(cmd, routing).await?;
+            redis::from_redis_value::<T>(value).map_err(redis::RedisError::from)
+        })
+        .await;
+        self.settle(result)
+    }
+
     fn settle<T>(
         &self,
         result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
@@ -163,8 +257,13 @@ fn escape_glob(text: &str) -> String {
     out
 }
 
-/// `redis://user:password@host` → `redis://host`: credentials never reach a log.
-fn redact_url(url: &str) -> String {
+/// `redis://user:password@host` → `redis://host`: credentials never reach a log (each of a
+/// cluster's comma-separated seeds).
+fn redact_url(urls: &str) -> String {
+    urls.split(',').map(|url| redact_one(url.trim())).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
             let _ = u.set_password(None);
@@ -215,27 +314,38 @@ impl Store for RedisStore {
 
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         async move {
-            // SCAN, never KEYS: it does not block Redis on a large keyspace.
+            // SCAN, never KEYS: it does not block Redis on a large keyspace. A cluster's keys
+            // are spread over its masters: each is scanned.
+            let nodes = match &self.connection {
+                Connection::Single(_) => vec![None],
+                Connection::Cluster(_) => self.masters().await?.into_iter().map(Some).collect(),
+            };
             let pattern = format!("{}{}*", self.prefix, escape_glob(prefix));
-            let mut cursor: u64 = 0;
             let mut keys = Vec::new();
-            loop {
-                let cmd = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .to_owned();
-                let (next, batch): (u64, Vec<String>) = self.run(cmd).await?;
-                keys.extend(
-                    batch.into_iter().filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string)),
-                );
-                if next == 0 {
-                    return Ok(keys);
+            for node in nodes {
+                let mut cursor: u64 = 0;
+                loop {
+                    let cmd = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .to_owned();
+                    let (next, batch): (u64, Vec<String>) = match &node {
+                        None => self.run(cmd).await?,
+                        Some(address) => self.run_on(address, cmd).await?,
+                    };
+                    keys.extend(
+                        batch.into_iter().filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string)),
+                    );
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
                 }
-                cursor = next;
             }
+            Ok(keys)
         }
         .boxed()
     }

@@ -572,3 +572,114 @@ async fn sustained_mixed_load_keeps_memory_bounded_and_leaks_no_descriptors_or_t
     assert!(fds_after.1 < 400 + 16, "store files beyond fjall's descriptor cache: {fds_after:?}");
     assert!(tasks_after <= tasks_before + 4.0, "tasks leaked: {tasks_before} → {tasks_after}");
 }
+
+/// Two replicas on a three-master cluster under load from 8 clients (memory tier shrunk to
+/// nothing, so every read goes to the cluster); `fault` runs off the runtime meanwhile.
+/// Returns (answers, failed, answered before the fault, store errors seen).
+async fn cluster_under_load(
+    cluster: &mut support::RedisCluster,
+    fault: impl FnOnce(&mut support::RedisCluster) + Send,
+) -> (u64, u64, u64, f64) {
+    let fake = FakeGitHub::start().await;
+    let paths: Vec<(String, String)> = (0..50)
+        .map(|i| {
+            let path = format!("/repos/octo/r{i}");
+            let body = body_for(&path, 512);
+            fake.put(&path, Resource::json(body.clone()));
+            (path, body)
+        })
+        .collect();
+    let url = cluster.url();
+    let tweak = move |s: &mut ghgate::config::Settings| {
+        s.store.backend = StoreBackend::Redis;
+        s.store.redis_url = Some(url.clone());
+        s.store.redis_cluster = true;
+        s.store.redis_timeout = Duration::from_millis(200);
+        s.store.hot_max_bytes = 1;
+        s.inbound.limit_enabled = false;
+    };
+    let a = start_gateway(&fake.url(), tweak.clone()).await;
+    let b = start_gateway(&fake.url(), tweak).await;
+    let (stop, ok, bad) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let paths = Arc::new(paths);
+    let mut load = spawn_load(a.url.clone(), paths.clone(), 4, stop.clone(), ok.clone(), bad.clone());
+    load.extend(spawn_load(b.url.clone(), paths, 4, stop.clone(), ok.clone(), bad.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = ok.load(Ordering::Relaxed);
+    tokio::task::block_in_place(|| fault(cluster));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let errors = a.metric("ghgate_store_errors_total").await + b.metric("ghgate_store_errors_total").await;
+    // Both replicas use the cluster again: a fresh read is stored and found by the other.
+    let probe = "/repos/octo/r0";
+    let mut shared_again = false;
+    for _ in 0..50 {
+        fake.change(probe, &body_for(probe, 512));
+        if support::outcome(&a.get(&format!("{probe}?fresh"), Some("probe")).await) == "MISS"
+            && support::outcome(&b.get(&format!("{probe}?fresh"), Some("probe")).await) != "MISS"
+        {
+            shared_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shared_again, "the replicas share state through the cluster again");
+    (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed), before, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_master_killed_and_restarted_under_load_loses_no_request() {
+    let mut cluster = support::RedisCluster::start();
+    let started = std::time::Instant::now();
+    let (ok, bad, before, errors) = cluster_under_load(&mut cluster, |cluster| {
+        cluster.kill(1);
+        std::thread::sleep(Duration::from_millis(3000)); // past cluster-node-timeout: cluster down
+        cluster.restart(1);
+    })
+    .await;
+    eprintln!(
+        "cluster master killed 3 s under load: {ok} answers, {bad} failed ({before} before the kill), \
+         {errors} store errors, {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(bad, 0, "no request lost while a master was down or coming back");
+    assert!(ok > before + 100, "load kept flowing: {ok} vs {before}");
+    assert!(errors > 0.0, "the outage was seen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_migration_under_load_loses_no_request() {
+    let mut cluster = support::RedisCluster::start();
+    let (ok, bad, before, errors) = cluster_under_load(&mut cluster, |cluster| {
+        // Move 2,000 slots (and their keys) from the first master to the second.
+        let ids: Vec<String> =
+            (0..2).map(|i| cluster.cli(i, &["CLUSTER", "MYID"]).trim().to_string()).collect();
+        let moved = std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", cluster.ports[0])])
+            .args([
+                "--cluster-from",
+                &ids[0],
+                "--cluster-to",
+                &ids[1],
+                "--cluster-slots",
+                "2000",
+                "--cluster-yes",
+            ])
+            .output()
+            .unwrap();
+        assert!(moved.status.success(), "reshard: {}", String::from_utf8_lossy(&moved.stderr));
+    })
+    .await;
+    eprintln!(
+        "slot migration under load: {ok} answers, {bad} failed ({before} before), {errors} store errors"
+    );
+    assert_eq!(bad, 0, "no request lost during the migration");
+    assert!(ok > before + 100, "load kept flowing: {ok} vs {before}");
+}

@@ -5,31 +5,25 @@ use crate::support;
 
 use std::time::Duration;
 
-use ghgate::config::{Settings, StoreBackend};
-use support::{FakeGitHub, RedisServer, Resource, TestGateway, outcome, start_gateway};
+use crate::on_both;
+use support::redis_server::Shared;
+use support::{FakeGitHub, Resource, TestGateway, outcome, start_gateway};
 
 const REPO: &str = "/repos/octo/hello";
 
-fn on_redis(redis: &RedisServer) -> impl Fn(&mut Settings) + use<> {
-    let url = redis.url();
-    move |s: &mut Settings| {
-        s.store.backend = StoreBackend::Redis;
-        s.store.redis_url = Some(url.clone());
-        s.store.redis_timeout = Duration::from_millis(500);
-    }
+async fn two_replicas(fake: &FakeGitHub, shared: &Shared) -> (TestGateway, TestGateway) {
+    (
+        start_gateway(&fake.url(), |s| shared.apply(s)).await,
+        start_gateway(&fake.url(), |s| shared.apply(s)).await,
+    )
 }
 
-async fn two_replicas(fake: &FakeGitHub, redis: &RedisServer) -> (TestGateway, TestGateway) {
-    (start_gateway(&fake.url(), on_redis(redis)).await, start_gateway(&fake.url(), on_redis(redis)).await)
-}
-
-#[tokio::test]
-async fn a_change_fetched_by_one_replica_is_not_bought_again_by_the_other() {
-    let redis = RedisServer::start();
+on_both!(a_change_fetched_by_one_replica_is_not_bought_again_by_the_other);
+async fn a_change_fetched_by_one_replica_is_not_bought_again_by_the_other(shared: &Shared) {
     let fake = FakeGitHub::start().await;
     fake.set_max_age(1);
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
-    let (a, b) = two_replicas(&fake, &redis).await;
+    let (a, b) = two_replicas(&fake, shared).await;
     assert_eq!(outcome(&a.get(REPO, Some("t")).await), "MISS");
     // B finds A's entry in Redis and keeps it in its memory tier.
     assert_eq!(b.get(REPO, Some("t")).await.text().await.unwrap(), r#"{"v":1}"#);
@@ -48,13 +42,12 @@ async fn a_change_fetched_by_one_replica_is_not_bought_again_by_the_other() {
     assert_eq!(fake.charged(), 2, "the change was bought once across both replicas");
 }
 
-#[tokio::test]
-async fn a_revalidation_by_one_replica_refreshes_the_entry_for_the_other() {
-    let redis = RedisServer::start();
+on_both!(a_revalidation_by_one_replica_refreshes_the_entry_for_the_other);
+async fn a_revalidation_by_one_replica_refreshes_the_entry_for_the_other(shared: &Shared) {
     let fake = FakeGitHub::start().await;
     fake.set_max_age(1);
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
-    let (a, b) = two_replicas(&fake, &redis).await;
+    let (a, b) = two_replicas(&fake, shared).await;
     assert_eq!(outcome(&a.get(REPO, Some("t")).await), "MISS");
     b.get(REPO, Some("t")).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -67,13 +60,12 @@ async fn a_revalidation_by_one_replica_refreshes_the_entry_for_the_other() {
     assert_eq!(fake.requests_for(REPO), requests, "B did not revalidate what A just revalidated");
 }
 
-#[tokio::test]
-async fn a_conditional_request_carries_the_newest_validator_any_replica_holds() {
-    let redis = RedisServer::start();
+on_both!(a_conditional_request_carries_the_newest_validator_any_replica_holds);
+async fn a_conditional_request_carries_the_newest_validator_any_replica_holds(shared: &Shared) {
     let fake = FakeGitHub::start().await;
     fake.set_max_age(1);
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
-    let (a, b) = two_replicas(&fake, &redis).await;
+    let (a, b) = two_replicas(&fake, shared).await;
     a.get(REPO, Some("t")).await;
     b.get(REPO, Some("t")).await;
     fake.change(REPO, r#"{"v":2}"#);
@@ -90,12 +82,11 @@ async fn a_conditional_request_carries_the_newest_validator_any_replica_holds() 
     assert_eq!(fake.charged(), 2, "v1 and v2 bought once each");
 }
 
-#[tokio::test]
-async fn a_write_through_one_replica_is_seen_through_the_other_50_ms_after_its_answer() {
-    let redis = RedisServer::start();
+on_both!(a_write_through_one_replica_is_seen_through_the_other_50_ms_after_its_answer);
+async fn a_write_through_one_replica_is_seen_through_the_other_50_ms_after_its_answer(shared: &Shared) {
     let fake = FakeGitHub::start().await;
     fake.put(REPO, Resource::json(r#"{"v":1}"#)); // max-age 60
-    let (a, b) = two_replicas(&fake, &redis).await;
+    let (a, b) = two_replicas(&fake, shared).await;
     assert_eq!(outcome(&b.get(REPO, Some("t")).await), "MISS");
     assert_eq!(outcome(&b.get(REPO, Some("t")).await), "HIT");
 
@@ -118,12 +109,11 @@ async fn a_write_through_one_replica_is_seen_through_the_other_50_ms_after_its_a
     assert!(b.metric("ghgate_replica_marks_received_total").await >= 3.0);
 }
 
-#[tokio::test]
-async fn a_replica_started_after_a_write_does_not_serve_what_it_made_stale() {
-    let redis = RedisServer::start();
+on_both!(a_replica_started_after_a_write_does_not_serve_what_it_made_stale);
+async fn a_replica_started_after_a_write_does_not_serve_what_it_made_stale(shared: &Shared) {
     let fake = FakeGitHub::start().await;
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
-    let a = start_gateway(&fake.url(), on_redis(&redis)).await;
+    let a = start_gateway(&fake.url(), |s| shared.apply(s)).await;
     assert_eq!(outcome(&a.get(REPO, Some("t")).await), "MISS"); // in Redis, fresh for 60 s
     let written = a
         .client
@@ -136,18 +126,17 @@ async fn a_replica_started_after_a_write_does_not_serve_what_it_made_stale() {
     assert_eq!(written.status(), 200);
 
     // B starts after the write: it catches up on the log before serving the entry A stored.
-    let b = start_gateway(&fake.url(), on_redis(&redis)).await;
+    let b = start_gateway(&fake.url(), |s| shared.apply(s)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let read = b.get(REPO, Some("t")).await;
     assert_eq!(read.text().await.unwrap(), r#"{"v":2}"#);
 }
 
-#[tokio::test]
-async fn a_body_one_replica_bought_is_revalidated_for_free_by_another_token_on_the_other() {
-    let redis = RedisServer::start();
+on_both!(a_body_one_replica_bought_is_revalidated_for_free_by_another_token_on_the_other);
+async fn a_body_one_replica_bought_is_revalidated_for_free_by_another_token_on_the_other(shared: &Shared) {
     let fake = FakeGitHub::start().await;
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
-    let (a, b) = two_replicas(&fake, &redis).await;
+    let (a, b) = two_replicas(&fake, shared).await;
     assert_eq!(outcome(&a.get(REPO, Some("t1")).await), "MISS");
     assert_eq!(fake.charged(), 1);
     // Another token through the other replica: GitHub's 304 to its own conditional request
@@ -157,13 +146,12 @@ async fn a_body_one_replica_bought_is_revalidated_for_free_by_another_token_on_t
     assert_eq!(fake.charged(), 1, "one unit for the fleet across both replicas");
 }
 
-#[tokio::test]
-async fn many_tokens_reading_a_new_resource_through_two_replicas_pay_for_it_once() {
-    let redis = RedisServer::start();
+on_both!(many_tokens_reading_a_new_resource_through_two_replicas_pay_for_it_once);
+async fn many_tokens_reading_a_new_resource_through_two_replicas_pay_for_it_once(shared: &Shared) {
     let fake = FakeGitHub::start().await;
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
     fake.set_delay(Duration::from_millis(100));
-    let (a, b) = two_replicas(&fake, &redis).await;
+    let (a, b) = two_replicas(&fake, shared).await;
     let mut reads = Vec::new();
     for t in 0..10 {
         let gw = if t % 2 == 0 { &a } else { &b };
@@ -179,13 +167,14 @@ async fn many_tokens_reading_a_new_resource_through_two_replicas_pay_for_it_once
     assert_eq!(fake.charged(), 1, "the first fetch of the variant went first across replicas");
 }
 
-#[tokio::test]
-async fn a_body_recorded_by_another_replica_is_offered_even_when_this_one_holds_an_older_copy() {
-    let redis = RedisServer::start();
+on_both!(a_body_recorded_by_another_replica_is_offered_even_when_this_one_holds_an_older_copy);
+async fn a_body_recorded_by_another_replica_is_offered_even_when_this_one_holds_an_older_copy(
+    shared: &Shared,
+) {
     let fake = FakeGitHub::start().await;
     fake.set_max_age(1);
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
-    let (a, b) = two_replicas(&fake, &redis).await;
+    let (a, b) = two_replicas(&fake, shared).await;
     a.get(REPO, Some("t1")).await;
     b.get(REPO, Some("t1")).await; // B's memory tier: t1's entry, v1
     fake.change(REPO, r#"{"v":2}"#);
@@ -198,12 +187,11 @@ async fn a_body_recorded_by_another_replica_is_offered_even_when_this_one_holds_
     assert_eq!(fake.charged(), 2, "t2's request offered v2 and got a free 304");
 }
 
-#[tokio::test]
-async fn stats_and_status_show_the_fleet_beside_this_replica() {
-    let redis = RedisServer::start();
+on_both!(stats_and_status_show_the_fleet_beside_this_replica);
+async fn stats_and_status_show_the_fleet_beside_this_replica(shared: &Shared) {
     let fake = FakeGitHub::start().await;
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
-    let (a, b) = two_replicas(&fake, &redis).await;
+    let (a, b) = two_replicas(&fake, shared).await;
     for _ in 0..3 {
         a.get(REPO, Some("t")).await;
     }

@@ -5,8 +5,10 @@ use crate::support;
 
 use std::time::Duration;
 
+use crate::on_both;
 use ghgate::config::{Settings, StoreBackend};
 use support::app::{add_app, client, fake_with_app};
+use support::redis_server::Shared;
 use support::{FakeGitHub, RedisServer, Resource, TestGateway, outcome, start_gateway, start_gateway_in};
 
 const REPO: &str = "/repos/octo/hello";
@@ -26,11 +28,10 @@ fn with_app(s: &mut Settings) {
     s.clients.push(client("runner", KEY, &[]));
 }
 
-/// Two gateways sharing `redis`, both brokering the test app.
-async fn two_app_replicas(upstream: &str, redis: &RedisServer) -> (TestGateway, TestGateway) {
-    let shared = with_redis(redis);
+/// Two gateways sharing `shared` (one Redis or a cluster), both brokering the test app.
+async fn two_app_replicas(upstream: &str, shared: &Shared) -> (TestGateway, TestGateway) {
     let both = |s: &mut Settings| {
-        shared(s);
+        shared.apply(s);
         with_app(s);
     };
     (start_gateway(upstream, both).await, start_gateway(upstream, both).await)
@@ -105,14 +106,13 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test]
-async fn two_replicas_on_one_redis_mint_one_token_and_fetch_once() {
-    let redis = RedisServer::start();
+on_both!(two_replicas_on_one_redis_mint_one_token_and_fetch_once);
+async fn two_replicas_on_one_redis_mint_one_token_and_fetch_once(shared: &Shared) {
     let fake = fake_with_app().await;
     fake.install("octo", 7);
     fake.put(REPO, Resource::json(r#"{"id":1}"#));
     fake.set_delay(Duration::from_millis(100));
-    let (a, b) = two_app_replicas(&fake.url(), &redis).await;
+    let (a, b) = two_app_replicas(&fake.url(), shared).await;
     let mut tasks = Vec::new();
     for i in 0..100 {
         let url = format!("{}{REPO}", if i % 2 == 0 { &a.url } else { &b.url });
@@ -131,22 +131,21 @@ async fn two_replicas_on_one_redis_mint_one_token_and_fetch_once() {
     assert_eq!(fake.lookups(), 1, "one installation look-up for both replicas");
     assert_eq!(fake.requests_for(REPO), 1, "one upstream fetch for both replicas");
 
-    // Tokens are sealed in Redis: no key or value shows one in clear.
-    let keys = redis.cli(&["KEYS", "*"]);
-    assert!(keys.contains("ghgate:t:ci-bot:7"), "{keys}");
-    for key in keys.lines().filter(|k| !k.is_empty()) {
-        let value = redis.cli(&["GET", key]);
+    // Tokens are sealed in Redis: no key or value shows one in clear, and every key expires.
+    let keys = shared.keys();
+    assert!(keys.iter().any(|k| k.starts_with("ghgate:t:ci-bot:7")), "{keys:?}");
+    for key in &keys {
+        let value = shared.cli_for_key(key, &["GET", key]);
         assert!(!value.contains("ghs_"), "{key} holds a token in clear");
-        let ttl: i64 = redis.cli(&["PTTL", key]).trim().parse().unwrap();
+        let ttl: i64 = shared.cli_for_key(key, &["PTTL", key]).trim().parse().unwrap();
         assert!(ttl > 0, "{key} has no TTL");
     }
 }
 
-#[tokio::test]
-async fn replicas_share_not_installed_answers() {
-    let redis = RedisServer::start();
+on_both!(replicas_share_not_installed_answers);
+async fn replicas_share_not_installed_answers(shared: &Shared) {
     let fake = fake_with_app().await;
-    let (a, b) = two_app_replicas(&fake.url(), &redis).await;
+    let (a, b) = two_app_replicas(&fake.url(), shared).await;
     assert_eq!(get_with_key(&a, "/orgs/nobody").await.status(), 404);
     assert_eq!(get_with_key(&b, "/orgs/nobody").await.status(), 404);
     assert_eq!(fake.lookups(), 1, "the second replica knew from Redis");
@@ -205,9 +204,8 @@ async fn a_bad_redis_url_fails_check_config_and_a_missing_one_is_named() {
     assert!(s.validate().unwrap_err().to_string().contains("store.redis_url"));
 }
 
-#[tokio::test]
-async fn replicas_look_up_each_owner_once_whichever_repositories_they_are_asked_for() {
-    let redis = RedisServer::start();
+on_both!(replicas_look_up_each_owner_once_whichever_repositories_they_are_asked_for);
+async fn replicas_look_up_each_owner_once_whichever_repositories_they_are_asked_for(shared: &Shared) {
     let fake = fake_with_app().await;
     fake.install("octo", 7);
     fake.install("acme", 8);
@@ -215,7 +213,7 @@ async fn replicas_look_up_each_owner_once_whichever_repositories_they_are_asked_
         fake.put(path, Resource::json(r#"{"id":1}"#));
     }
     fake.set_delay(Duration::from_millis(150));
-    let (a, b) = two_app_replicas(&fake.url(), &redis).await;
+    let (a, b) = two_app_replicas(&fake.url(), shared).await;
     let mut tasks = Vec::new();
     for (gw, path) in
         [(&a, "/repos/octo/a"), (&b, "/repos/octo/b"), (&a, "/repos/acme/a"), (&b, "/repos/acme/b")]

@@ -11,7 +11,7 @@ use ghgate::config::Settings;
 use ghgate::server::Running;
 
 pub use fake_github::{FakeGitHub, Resource};
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisCluster, RedisServer};
 
 /// A gateway started for one test, with a client pointed at it.
 pub struct TestGateway {
