@@ -2,8 +2,9 @@
 //! connection manager, which reconnects by itself), every command bounded by
 //! `store.redis_timeout`, every key under `store.redis_prefix` with a TTL.
 //!
-//! Cluster-compatible by construction: every command touches one key (no multi-key commands,
-//! no `KEYS`), so keys may live on any shard.
+//! With `store.redis_cluster`, redis-rs's cluster client routes each command to its key's
+//! master (following `MOVED` / `ASK` while slots migrate): every command touches one key (no
+//! multi-key commands, no `KEYS`), and the admin scans visit every master.
 //!
 //! An outage is not an error for clients: commands fail fast, the caller treats the failure as
 //! a miss, the health turns `Degraded`, `ghgate_store_errors_total` counts, and a warning is
