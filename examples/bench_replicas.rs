@@ -13,7 +13,8 @@
 //! other every millisecond until it answers the new body: the delay from the write's answer
 //! to the first read that shows it (max-age 60 s, so only the invalidation can show it).
 //!
-//! `cargo run --release --example bench_replicas` (env: TOKENS, RESOURCES, SECONDS, RUNS).
+//! `cargo run --release --example bench_replicas` (env: TOKENS, RESOURCES, SECONDS, RUNS;
+//! COMPUTED=0 turns computed validators off, for the per-credential ideal).
 
 // The example uses part of the test harness.
 #[allow(dead_code)]
@@ -45,6 +46,7 @@ fn settings(upstream: &str, dir: &std::path::Path, redis: &str) -> Settings {
     s.store.backend = StoreBackend::Redis;
     s.store.redis_url = Some(redis.to_string());
     s.upstream.url = upstream.parse().unwrap();
+    s.cache.computed_validators = env("COMPUTED", 1) == 1;
     s
 }
 

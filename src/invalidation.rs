@@ -34,6 +34,12 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::webhook::{self, Delivery, Effect};
 
+/// How far another replica's clock may be behind this one's: a mark it announces counts from
+/// this much later, so an entry fetched here just before its write (by this clock) is not
+/// mistaken for one fetched after. The cost: an entry fetched within this window after a
+/// write is revalidated once more (usually a free 304).
+const CLOCK_SKEW: Duration = Duration::from_millis(10);
+
 /// How long delivery ids are remembered, so a captured delivery cannot be replayed.
 const DELIVERY_MEMORY: Duration = Duration::from_secs(3600);
 
@@ -355,8 +361,10 @@ impl Invalidation {
     /// it to every replica (they apply it on receipt, see [`Invalidation::follow_marks`]).
     async fn mark_everywhere(&self, key: String, at: SystemTime) {
         if let Some(shared) = &self.shared {
-            let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-            let announcement = format!("{} {millis} {key}", self.replica);
+            // Microseconds: on one host a read and the next write can be less than a
+            // millisecond apart, and a mark truncated to before the read would miss it.
+            let micros = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+            let announcement = format!("{} {micros} {key}", self.replica);
             // A failure is counted and logged by the store; this replica still has the mark.
             let _ = shared.announce(announcement.as_bytes()).await;
         }
@@ -376,12 +384,38 @@ fn warn_of_short_secrets(secrets: &[String]) {
     }
 }
 
-/// `<replica> <millis> <key>` → its parts.
+/// `<replica> <micros> <key>` → its parts, the time moved later by [`CLOCK_SKEW`] (another
+/// host's clock may run behind this one's).
 fn parse_announcement(event: &[u8]) -> Option<(&str, SystemTime, &str)> {
     let text = std::str::from_utf8(event).ok()?;
     let mut parts = text.splitn(3, ' ');
     let replica = parts.next()?;
-    let millis: u64 = parts.next()?.parse().ok()?;
+    let micros: u64 = parts.next()?.parse().ok()?;
     let key = parts.next().filter(|k| !k.is_empty())?;
-    Some((replica, UNIX_EPOCH + Duration::from_millis(millis), key))
+    Some((replica, UNIX_EPOCH + Duration::from_micros(micros) + CLOCK_SKEW, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announced_mark_is_never_earlier_than_the_write() {
+        // A write 0.9 ms into a millisecond, right after a read in the same millisecond.
+        let at = UNIX_EPOCH + Duration::from_nanos(1_800_000_000_123_900_000);
+        let micros = at.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+        let event = format!("abc {micros} /repos/o/r");
+        let (replica, parsed, key) = parse_announcement(event.as_bytes()).unwrap();
+        assert_eq!((replica, key), ("abc", "/repos/o/r"));
+        // Precision kept (a mark truncated to the millisecond would start before the read),
+        // then moved later by the skew allowance.
+        assert_eq!(parsed, at + CLOCK_SKEW);
+    }
+
+    #[test]
+    fn malformed_announcements_are_ignored() {
+        for event in ["", "abc", "abc notanumber /x", "abc 12", "abc 12 "] {
+            assert!(parse_announcement(event.as_bytes()).is_none(), "{event:?}");
+        }
+    }
 }

@@ -224,3 +224,31 @@ async fn one_node_shows_no_fleet() {
     assert!(gw.admin_json("/stats").await["fleet"].is_null());
     assert!(gw.admin_json("/status.json").await["fleet"].is_null());
 }
+
+on_both!(a_write_right_after_a_read_is_seen_through_the_other_replica);
+async fn a_write_right_after_a_read_is_seen_through_the_other_replica(shared: &Shared) {
+    let fake = FakeGitHub::start().await;
+    fake.put(REPO, Resource::json(r#"{"v":0}"#));
+    let (a, b) = two_replicas(&fake, shared).await;
+    b.get(REPO, Some("t")).await;
+    // Writes sent the moment the other replica's read returns: on loopback, often within the
+    // same millisecond as that read.
+    for round in 1..=20 {
+        let body = format!(r#"{{"v":{round}}}"#);
+        let written = a
+            .client
+            .patch(format!("{}{REPO}", a.url))
+            .header("authorization", "token t")
+            .body(body.clone())
+            .send();
+        assert_eq!(written.await.unwrap().status(), 200);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            if b.get(REPO, Some("t")).await.text().await.unwrap() == body {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: the write never showed through B");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
