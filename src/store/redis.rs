@@ -186,6 +186,19 @@ impl RedisStore {
         self.settle(result)
     }
 
+    /// Runs one script invocation like [`RedisStore::run`] runs a command.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        if self.failing_fast() {
+            return Err(StoreError("Redis is failing; skipped".into()));
+        }
+        let mut connection = self.connection.clone();
+        let result = tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut connection)).await;
+        self.settle(result)
+    }
+
     /// A cluster's masters that are not marked failing, as `(host, port)` (from `CLUSTER NODES`).
     async fn masters(&self) -> Result<Vec<(String, u16)>, StoreError> {
         let nodes: String = self.run(redis::cmd("CLUSTER").arg("NODES").to_owned()).await?;
@@ -300,15 +313,9 @@ impl Store for RedisStore {
 
     fn add<'a>(&'a self, key: &'a str, delta: i64, ttl: Duration) -> BoxFuture<'a, Result<i64, StoreError>> {
         async move {
-            if self.failing_fast() {
-                return Err(StoreError("Redis is failing; skipped".into()));
-            }
-            let mut connection = self.connection.clone();
             let mut invocation = self.add.key(self.key(key));
             invocation.arg(delta).arg(ttl.as_millis().max(1) as u64);
-            let result =
-                tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut connection)).await;
-            self.settle(result)
+            self.invoke(invocation).await
         }
         .boxed()
     }
@@ -370,15 +377,9 @@ impl Store for RedisStore {
 
     fn unlock<'a>(&'a self, key: &'a str, fence: u64) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            if self.failing_fast() {
-                return Err(StoreError("Redis is failing; skipped".into()));
-            }
-            let mut connection = self.connection.clone();
             let mut invocation = self.unlock.key(self.key(key));
             invocation.arg(fence.to_string());
-            let result =
-                tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut connection)).await;
-            self.settle(result).map(|_| ())
+            self.invoke::<i64>(invocation).await.map(|_| ())
         }
         .boxed()
     }
@@ -389,15 +390,9 @@ impl Store for RedisStore {
 
     fn announce<'a>(&'a self, event: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            if self.failing_fast() {
-                return Err(StoreError("Redis is failing; skipped".into()));
-            }
-            let mut connection = self.connection.clone();
             let mut invocation = self.announce.key(self.key(EVENT_LOG));
             invocation.arg(event).arg(super::EVENT_LOG_LENGTH).arg(super::EVENT_LOG_TTL.as_millis() as u64);
-            let result =
-                tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut connection)).await;
-            self.settle(result).map(|_| ())
+            self.invoke::<i64>(invocation).await.map(|_| ())
         }
         .boxed()
     }
