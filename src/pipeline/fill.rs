@@ -230,7 +230,7 @@ impl Gateway {
             wait: self.settings.store.lock_wait,
         };
         let metrics = Arc::clone(&self.metrics);
-        lock.run(FillJob { gateway: self, request }, &metrics).await
+        lock.run(FillJob { gateway: self, request, seen: std::sync::Mutex::new(None) }, &metrics).await
     }
 
     /// The entry another flight for this key stored between this request's look-up and its
@@ -503,6 +503,20 @@ impl Gateway {
 struct FillJob {
     gateway: Arc<Gateway>,
     request: FillRequest,
+    /// The newest shared entry newer than the prior that `check` last saw (`None`: it never
+    /// looked), so `work` does not read it again.
+    seen: std::sync::Mutex<Option<Option<Arc<CachedResponse>>>>,
+}
+
+impl FillJob {
+    /// The shared store's entry when it is newer than the request's prior (and fits its
+    /// `Vary`): an answer, or at least the newest validators.
+    async fn newer_shared(&self) -> Option<Arc<CachedResponse>> {
+        let entry = self.gateway.responses.get_from_backend(&self.request.key.key).await.ok().flatten()?;
+        let prior_time = self.request.prior.as_ref().map(|p| p.response_time);
+        let newer = prior_time.is_none_or(|t| entry.response_time > t);
+        (newer && entry.vary_matches(&self.request.headers)).then_some(entry)
+    }
 }
 
 impl ReplicaWork for FillJob {
@@ -513,14 +527,11 @@ impl ReplicaWork for FillJob {
     /// replica holds the lock, and once more on taking it (double-checked: what this
     /// replica's memory tier held may be older than what the others stored meanwhile).
     async fn check(&self) -> Option<Fill> {
-        let entry = self.gateway.responses.get_from_backend(&self.request.key.key).await.ok().flatten()?;
-        let prior_time = self.request.prior.as_ref().map(|p| p.response_time);
-        let newer = prior_time.is_none_or(|t| entry.response_time > t);
+        let newer = self.newer_shared().await;
+        *self.seen.lock().expect("fill job lock poisoned") = Some(newer.clone());
+        let entry = newer?;
         let current = entry.is_fresh(SystemTime::now()) || entry.response_time >= self.request.asked_at;
-        let answers = newer
-            && current
-            && entry.vary_matches(&self.request.headers)
-            && !self.gateway.invalidation.is_marked_stale(&entry);
+        let answers = current && !self.gateway.invalidation.is_marked_stale(&entry);
         answers.then(|| Fill::Complete(Arc::new(Answer::from_entry(entry, Outcome::Coalesced))))
     }
 
@@ -528,14 +539,13 @@ impl ReplicaWork for FillJob {
     /// store newer than this replica's prior carries the validators GitHub will recognise.
     async fn work(mut self) -> Fill {
         if !self.request.plain {
-            let shared = self.gateway.responses.get_from_backend(&self.request.key.key).await.ok().flatten();
-            if let Some(shared) = shared {
-                let prior_time = self.request.prior.as_ref().map(|p| p.response_time);
-                if prior_time.is_none_or(|t| shared.response_time > t)
-                    && shared.vary_matches(&self.request.headers)
-                {
-                    self.request.prior = Some(shared);
-                }
+            let seen = self.seen.lock().expect("fill job lock poisoned").take();
+            let newer = match seen {
+                Some(seen) => seen,
+                None => self.newer_shared().await,
+            };
+            if let Some(newer) = newer {
+                self.request.prior = Some(newer);
             }
         }
         self.gateway.fetch(self.request).await
