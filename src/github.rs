@@ -31,7 +31,16 @@ pub(crate) const RATE_LIMIT_HEADERS: [HeaderName; 5] = [
 /// Builds an answer in GitHub's error shape, so clients' error handling keeps working when
 /// the gateway (not GitHub) is the one saying no.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "message": message, "documentation_url": DOCUMENTATION_URL });
+    error_response_with_errors(status, message, &[])
+}
+
+/// [`error_response`] with an `errors` list beside the message, as GitHub's validation
+/// errors carry (omitted when empty).
+pub(crate) fn error_response_with_errors(status: StatusCode, message: &str, errors: &[String]) -> Response {
+    let mut body = serde_json::json!({ "message": message, "documentation_url": DOCUMENTATION_URL });
+    if !errors.is_empty() {
+        body["errors"] = serde_json::json!(errors);
+    }
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
     response

@@ -435,17 +435,11 @@ async fn reload_settings(axum::Extension(reloader): axum::Extension<Arc<Reloader
             "notes": reloaded.notes,
         }))
         .into_response(),
-        Err(refusal) => {
-            // GitHub's error shape, with its validation errors' `errors` list beside.
-            let mut response = github::error_response(StatusCode::UNPROCESSABLE_ENTITY, "");
-            let body = serde_json::json!({
-                "message": "reload refused; the settings in force are unchanged",
-                "errors": refusal.0,
-                "documentation_url": github::DOCUMENTATION_URL,
-            });
-            *response.body_mut() = Body::from(body.to_string());
-            response
-        }
+        Err(refusal) => github::error_response_with_errors(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reload refused; the settings in force are unchanged",
+            &refusal.0,
+        ),
     }
 }
 
