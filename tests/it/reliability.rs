@@ -186,6 +186,19 @@ async fn a_flapping_upstream_never_turns_cached_data_into_errors() {
     assert_eq!(outcomes.get("REVALIDATED"), Some(&20), "{outcomes:?}");
 }
 
+/// Puts `count` resources of `len` bytes (`/repos/octo/r<i>`) and returns them with their
+/// bodies, for the load loops.
+fn put_paths(fake: &FakeGitHub, count: usize, len: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            let path = format!("/repos/octo/r{i}");
+            let body = body_for(&path, len);
+            fake.put(&path, Resource::json(body.clone()));
+            (path, body)
+        })
+        .collect()
+}
+
 /// Runs `clients` loops of GETs over `paths` until `stop`, counting answers that were not 200
 /// with the path's own body.
 fn spawn_load(
@@ -230,14 +243,7 @@ fn spawn_load(
 async fn redis_killed_and_restarted_under_load_loses_no_request() {
     let mut redis = RedisServer::start();
     let fake = FakeGitHub::start().await;
-    let paths: Vec<(String, String)> = (0..50)
-        .map(|i| {
-            let path = format!("/repos/octo/r{i}");
-            let body = body_for(&path, 512);
-            fake.put(&path, Resource::json(body.clone()));
-            (path, body)
-        })
-        .collect();
+    let paths = put_paths(&fake, 50, 512);
     let url = redis.url();
     let gw = start_gateway(&fake.url(), move |s| {
         s.store.backend = StoreBackend::Redis;
@@ -581,14 +587,7 @@ async fn cluster_under_load(
     fault: impl FnOnce(&mut support::RedisCluster) + Send,
 ) -> (u64, u64, u64, f64) {
     let fake = FakeGitHub::start().await;
-    let paths: Vec<(String, String)> = (0..50)
-        .map(|i| {
-            let path = format!("/repos/octo/r{i}");
-            let body = body_for(&path, 512);
-            fake.put(&path, Resource::json(body.clone()));
-            (path, body)
-        })
-        .collect();
+    let paths = put_paths(&fake, 50, 512);
     let url = cluster.url();
     let tweak = move |s: &mut ghgate::config::Settings| {
         s.store.backend = StoreBackend::Redis;

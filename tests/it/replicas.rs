@@ -18,6 +18,16 @@ async fn two_replicas(fake: &FakeGitHub, shared: &Shared) -> (TestGateway, TestG
     )
 }
 
+/// `PATCH REPO` through `gw` with `body`; the answer's status.
+async fn patch(gw: &TestGateway, body: &str) -> u16 {
+    let r = gw
+        .client
+        .patch(format!("{}{REPO}", gw.url))
+        .header("authorization", "token t")
+        .body(body.to_string());
+    r.send().await.unwrap().status().as_u16()
+}
+
 on_both!(a_change_fetched_by_one_replica_is_not_bought_again_by_the_other);
 async fn a_change_fetched_by_one_replica_is_not_bought_again_by_the_other(shared: &Shared) {
     let fake = FakeGitHub::start().await;
@@ -92,15 +102,7 @@ async fn a_write_through_one_replica_is_seen_through_the_other_50_ms_after_its_a
 
     for round in 2..5 {
         let body = format!(r#"{{"v":{round}}}"#);
-        let written = a
-            .client
-            .patch(format!("{}{REPO}", a.url))
-            .header("authorization", "token t")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(written.status(), 200);
+        assert_eq!(patch(&a, &body).await, 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let read = b.get(REPO, Some("t")).await;
         assert_ne!(outcome(&read), "HIT", "round {round}: B served the old body after A's write");
@@ -115,15 +117,7 @@ async fn a_replica_started_after_a_write_does_not_serve_what_it_made_stale(share
     fake.put(REPO, Resource::json(r#"{"v":1}"#));
     let a = start_gateway(&fake.url(), |s| shared.apply(s)).await;
     assert_eq!(outcome(&a.get(REPO, Some("t")).await), "MISS"); // in Redis, fresh for 60 s
-    let written = a
-        .client
-        .patch(format!("{}{REPO}", a.url))
-        .header("authorization", "token t")
-        .body(r#"{"v":2}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(written.status(), 200);
+    assert_eq!(patch(&a, r#"{"v":2}"#).await, 200);
 
     // B starts after the write: it catches up on the log before serving the entry A stored.
     let b = start_gateway(&fake.url(), |s| shared.apply(s)).await;
@@ -235,13 +229,7 @@ async fn a_write_right_after_a_read_is_seen_through_the_other_replica(shared: &S
     // same millisecond as that read.
     for round in 1..=20 {
         let body = format!(r#"{{"v":{round}}}"#);
-        let written = a
-            .client
-            .patch(format!("{}{REPO}", a.url))
-            .header("authorization", "token t")
-            .body(body.clone())
-            .send();
-        assert_eq!(written.await.unwrap().status(), 200);
+        assert_eq!(patch(&a, &body).await, 200);
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
         loop {
             if b.get(REPO, Some("t")).await.text().await.unwrap() == body {
