@@ -29,6 +29,7 @@ mod app_auth;
 mod breaker;
 mod coalesce;
 mod fleet;
+mod graphql;
 mod invalidation;
 mod limits;
 mod pipeline;

@@ -10,6 +10,7 @@
 //! module and are gathered by `server::check_settings`.
 
 mod formats;
+mod graphql;
 mod load;
 mod reload;
 mod validate;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
 pub use formats::{human_size, parse_duration, parse_size};
+pub use graphql::{GraphqlRule, GraphqlSettings};
 pub use load::Overrides;
 pub use reload::{Changes, RELOADABLE_KEYS, SettingsSource};
 
@@ -56,6 +58,8 @@ pub struct Settings {
     pub cors: CorsSettings,
     /// The webhook receiver.
     pub webhooks: WebhookSettings,
+    /// `POST /graphql`: the points ledger, coalescing, opt-in caching.
+    pub graphql: GraphqlSettings,
     /// GitHub Apps whose installation tokens the gateway mints (`[[apps]]`).
     pub apps: Vec<AppSettings>,
     /// Gateway clients that use those apps through a client key (`[[clients]]`).

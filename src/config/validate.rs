@@ -142,6 +142,7 @@ impl Settings {
             }
         }
         self.validate_broker(&mut bad);
+        self.validate_graphql(&mut bad);
         // Whether each rule compiles is `negative::check_settings`'s question.
         for (i, rule) in self.negative.rules.iter().enumerate() {
             if ["statuses_limit", "not_found", "app_not_installed"].contains(&rule.name.as_str())
@@ -151,6 +152,27 @@ impl Settings {
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+    }
+
+    fn validate_graphql(&self, bad: &mut impl FnMut(&str, String)) {
+        if self.graphql.max_body_bytes == 0 {
+            bad("graphql.max_body_bytes", "must be greater than zero".into());
+        }
+        for (i, rule) in self.graphql.rules.iter().enumerate() {
+            let key = |k: &str| format!("graphql.rules[{i}].{k}");
+            match (&rule.operation, &rule.fields) {
+                (Some(_), Some(_)) => bad(&key("operation"), "give operation or fields, not both".into()),
+                (None, None) => bad(&key("operation"), "give operation or fields".into()),
+                (Some(name), None) if name.trim().is_empty() => bad(&key("operation"), "must not be empty".into()),
+                (None, Some(fields)) if fields.is_empty() || fields.iter().any(|f| f.trim().is_empty()) => {
+                    bad(&key("fields"), "must list at least one field name, none empty".into())
+                }
+                _ => {}
+            }
+            if rule.ttl.is_zero() {
+                bad(&key("ttl"), "must be greater than zero".into());
+            }
+        }
     }
 
     fn validate_broker(&self, bad: &mut impl FnMut(&str, String)) {
