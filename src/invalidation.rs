@@ -32,6 +32,7 @@ use crate::inbound::declared_length;
 use crate::negative::{self, NegativeCache};
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::graphql::{Mentions, Scope};
 use crate::webhook::{self, Delivery, Effect};
 
 /// How far another replica's clock may be behind this one's: a mark it announces counts from
@@ -56,6 +57,9 @@ pub struct Invalidation {
     marks: moka::sync::Cache<String, SystemTime>,
     /// Set by the first staleness mark; until then hits skip the mark look-ups.
     any_marks: AtomicBool,
+    /// Whether `[[graphql.rules]]` cache anything: only then do writes and webhooks leave
+    /// the marks GraphQL answers are checked against (`gql:…`).
+    graphql_cached: bool,
     /// Repositories (`owner/repo`) that sent a webhook delivery recently: their changes
     /// would invalidate, so their entries may stay fresh longer.
     covered: moka::sync::Cache<String, SystemTime>,
@@ -91,12 +95,13 @@ impl Invalidation {
         metrics: Arc<Metrics>,
     ) -> Invalidation {
         warn_of_short_secrets(&settings.webhooks.secrets);
+        let graphql = crate::graphql::Rules::new(&settings.graphql.rules, settings.cache.stale_if_error);
+        // A mark must outlive every entry it could make stale.
+        let marks_kept = settings.cache.retain_stale.max(graphql.longest_kept()).max(Duration::from_secs(60));
         Invalidation {
-            marks: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(settings.cache.retain_stale.max(Duration::from_secs(60)))
-                .build(),
+            marks: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(marks_kept).build(),
             any_marks: AtomicBool::new(false),
+            graphql_cached: graphql.any(),
             covered: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(settings.webhooks.coverage_window.max(Duration::from_secs(1)))
@@ -156,8 +161,21 @@ impl Invalidation {
 
     /// RFC 9111 §4.4: a successful unsafe request makes the stored answers for its target
     /// (and its `Location`) stale, in every partition — on every replica before it returns.
-    pub async fn after_write(&self, path: &str, response_headers: &HeaderMap) {
+    /// The GraphQL answers `partition` holds about the repository (or owner) of the path
+    /// become stale too; all of them when the path names neither.
+    pub async fn after_write(&self, partition: &str, path: &str, response_headers: &HeaderMap) {
         let now = SystemTime::now();
+        if self.graphql_cached {
+            let path_key = crate::cache::key::path_key(path);
+            let mentions = match webhook::tags_of(&path_key) {
+                (Some(owner), Some(name)) => {
+                    Mentions::Known([Scope::Repo { owner: owner.into(), name: name.into() }].into())
+                }
+                (Some(owner), None) => Mentions::Known([Scope::Owner(owner.into())].into()),
+                _ => Mentions::Unknown,
+            };
+            self.graphql_written(partition, &mentions).await;
+        }
         self.mark_everywhere(crate::cache::key::path_key(path), now).await;
         self.metrics.invalidations.increment(1);
         self.metrics
@@ -352,9 +370,73 @@ impl Invalidation {
         Ok(())
     }
 
-    /// Marks a scope (`repo:o/r`, `owner:o`) stale now, everywhere.
+    /// Marks a scope (`repo:o/r`, `owner:o`) stale now, everywhere. Cached GraphQL answers
+    /// about it, about its owner's repositories as a list, or about what the gateway cannot
+    /// tell become stale too.
     async fn mark_stale(&self, scope: String) {
-        self.mark_everywhere(scope, SystemTime::now()).await;
+        let now = SystemTime::now();
+        if self.graphql_cached {
+            if let Some((owner, _)) = scope.strip_prefix("repo:").and_then(|r| r.split_once('/')) {
+                self.mark_everywhere(format!("gql:owner-any:{owner}"), now).await;
+            }
+            self.mark_everywhere("gql:any".to_string(), now).await;
+            self.metrics.graphql_invalidation("repository").increment(1);
+        }
+        self.mark_everywhere(scope, now).await;
+    }
+
+    /// Whether a cached GraphQL answer of `partition` about `mentions`, fetched (asked) at
+    /// `fetched`, was made stale since: by a write of that partition touching what it
+    /// mentions (any write, when it mentions what the gateway cannot tell), or by a webhook
+    /// or purge of a repository or owner it mentions (any, when it cannot tell).
+    pub fn graphql_is_stale(&self, partition: &str, mentions: &Mentions, fetched: SystemTime) -> bool {
+        if !self.any_marks.load(Ordering::Acquire) {
+            return false;
+        }
+        let after = |key: &str| self.marks.get(key).is_some_and(|t| t >= fetched);
+        if after(&format!("gql:{partition}:all")) {
+            return true;
+        }
+        match mentions {
+            Mentions::Unknown => after(&format!("gql:{partition}:any")) || after("gql:any"),
+            Mentions::Known(scopes) => scopes.iter().any(|scope| match scope {
+                Scope::Repo { owner, name } => {
+                    after(&format!("repo:{owner}/{name}"))
+                        || after(&format!("owner:{owner}"))
+                        || after(&format!("gql:{partition}:repo:{owner}/{name}"))
+                }
+                Scope::Owner(owner) => {
+                    after(&format!("owner:{owner}"))
+                        || after(&format!("gql:owner-any:{owner}"))
+                        || after(&format!("gql:{partition}:owner:{owner}"))
+                }
+            }),
+        }
+    }
+
+    /// A write by `partition` (a REST write, or a GraphQL mutation) touching `mentions`: its
+    /// cached GraphQL answers about them become stale, on every replica before the write's
+    /// answer leaves — all of them when the write's reach is unknown.
+    pub async fn graphql_written(&self, partition: &str, mentions: &Mentions) {
+        if !self.graphql_cached {
+            return;
+        }
+        let now = SystemTime::now();
+        self.metrics.graphql_invalidation("write").increment(1);
+        let Mentions::Known(scopes) = mentions else {
+            self.mark_everywhere(format!("gql:{partition}:all"), now).await;
+            return;
+        };
+        for scope in scopes {
+            match scope {
+                Scope::Repo { owner, name } => {
+                    self.mark_everywhere(format!("gql:{partition}:repo:{owner}/{name}"), now).await;
+                    self.mark_everywhere(format!("gql:{partition}:owner:{owner}"), now).await;
+                }
+                Scope::Owner(owner) => self.mark_everywhere(format!("gql:{partition}:owner:{owner}"), now).await,
+            }
+        }
+        self.mark_everywhere(format!("gql:{partition}:any"), now).await;
     }
 
     /// Marks a path key or a scope stale since `at` here and — with a shared store — announces

@@ -199,6 +199,16 @@ impl Metrics {
             "Answers that looked futile but lacked the known phrase (GitHub may have reworded it), by rule."
                 .into(),
         );
+        r.describe_counter(
+            "ghgate_graphql_requests_total".into(),
+            None,
+            "POST /graphql requests by operation kind (query, mutation, subscription; refused: bad input answered locally).".into(),
+        );
+        r.describe_counter(
+            "ghgate_graphql_invalidations_total".into(),
+            None,
+            "Writes and webhooks that made cached GraphQL answers stale, by cause (write, webhook).".into(),
+        );
         r.describe_histogram(
             "ghgate_request_duration_seconds".into(),
             Some(Unit::Seconds),
@@ -419,6 +429,18 @@ impl Metrics {
     /// `too_large`).
     pub(crate) fn webhook(&self, result: &'static str) -> Counter {
         self.labelled_counter("ghgate_webhooks_total", "result", result)
+    }
+
+    /// `ghgate_graphql_requests_total{kind}`: `POST /graphql` requests by operation kind
+    /// (`query`, `mutation`, `subscription`), or `refused` (bad input answered locally).
+    pub(crate) fn graphql_request(&self, kind: &'static str) -> Counter {
+        self.labelled_counter("ghgate_graphql_requests_total", "kind", kind)
+    }
+
+    /// `ghgate_graphql_invalidations_total{cause}`: writes (`write`) and webhooks (`webhook`)
+    /// that made cached GraphQL answers stale.
+    pub(crate) fn graphql_invalidation(&self, cause: &'static str) -> Counter {
+        self.labelled_counter("ghgate_graphql_invalidations_total", "cause", cause)
     }
 
     /// `ghgate_reloads_total{result}`: reloads `applied` or `refused`.

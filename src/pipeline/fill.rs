@@ -334,6 +334,7 @@ impl Gateway {
             headers: request.headers.clone(),
             body: SendBody::None,
             conditional: conditional.clone(),
+            writes: false,
         };
         let prior_tag = prior.as_ref().and_then(|p| p.credential_tag);
         let (response, sent) = match self.send_upstream(&request.caller, outgoing, prior_tag).await {

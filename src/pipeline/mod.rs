@@ -23,6 +23,7 @@
 mod context;
 mod fill;
 mod finish;
+mod graphql;
 mod look_up;
 mod pass_through;
 mod send;
@@ -82,6 +83,10 @@ pub struct Gateway {
     /// Per-identity concurrency and write spacing upstream.
     lanes: Lanes,
     fills: Coalescer<String, Fill>,
+    /// `[[graphql.rules]]`: which GraphQL queries may be cached, and for how long.
+    graphql_rules: crate::graphql::Rules,
+    /// Upstream GraphQL requests under way, which identical queries join.
+    graphql_fills: Coalescer<String, graphql::GraphqlFlight>,
     /// The first fetch of each variant under way, which other partitions' fetches wait for.
     pioneers: Pioneers,
     /// Whether GitHub is failing, so stale entries are served at once.
@@ -144,6 +149,8 @@ impl Gateway {
             budgets: Budgets::new(settings.limits.clone(), stores.backend.clone()),
             lanes: Lanes::new(&settings.limits),
             fills: Coalescer::default(),
+            graphql_rules: crate::graphql::Rules::new(&settings.graphql.rules, settings.cache.stale_if_error),
+            graphql_fills: Coalescer::default(),
             pioneers: Pioneers::default(),
             breaker: Breaker::default(),
             upstream,
@@ -203,6 +210,9 @@ impl Gateway {
         }
         if let Some(refused) = self.inbound.refused_answer(&ctx.caller().partition) {
             return (refused, Outcome::Negative);
+        }
+        if self.is_graphql(&ctx.parts) {
+            return self.graphql(ctx, body).await;
         }
         if !self.is_cacheable(&ctx.parts) {
             return self.pass_through(ctx, body).await;

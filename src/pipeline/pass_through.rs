@@ -85,7 +85,8 @@ impl Gateway {
             (ClientBody::Unread(body), _) => SendBody::Stream(limit_body(body, max_body, &over_limit)),
         };
         let headers = upstream::request_headers(&parts.headers);
-        let outgoing = Outgoing { method: parts.method.clone(), url, headers, body, conditional: None };
+        let writes = is_unsafe(&parts.method);
+        let outgoing = Outgoing { method: parts.method.clone(), url, headers, body, conditional: None, writes };
         let response = match self.send_upstream(caller, outgoing, None).await {
             Ok((response, _)) => response,
             Err(_) if over_limit.load(Ordering::Relaxed) => {
@@ -103,7 +104,7 @@ impl Gateway {
         };
         if is_unsafe(&parts.method) && (response.status().is_success() || response.status().is_redirection())
         {
-            self.invalidation.after_write(parts.uri.path(), response.headers()).await;
+            self.invalidation.after_write(caller.partition.as_str(), parts.uri.path(), response.headers()).await;
         }
         if is_unsafe(&parts.method) && response.status().is_success() {
             // Write access shown: shared negative entries of this repository (the statuses

@@ -52,6 +52,9 @@ pub(super) struct Outgoing {
     /// The validators of a conditional fill, set once the credential is known (GitHub's
     /// ETags depend on it).
     pub conditional: Option<Conditional>,
+    /// Whether it changes something upstream, so it waits for the identity's write spacing
+    /// (an unsafe method — except a GraphQL query, which is a read sent with `POST`).
+    pub writes: bool,
 }
 
 /// What was sent with the request GitHub answered.
@@ -81,9 +84,9 @@ impl Gateway {
         request: Outgoing,
         prior_tag: Option<u64>,
     ) -> Result<(reqwest::Response, Sent), SendError> {
-        let Outgoing { method, url, headers, mut body, conditional } = request;
+        let Outgoing { method, url, headers, mut body, conditional, writes } = request;
         // Politeness: this identity's turn (held until the answer's headers arrive).
-        let _turn = match self.lanes.enter(&caller.partition, is_unsafe(&method)).await {
+        let _turn = match self.lanes.enter(&caller.partition, writes).await {
             Ok(turn) => turn,
             Err(_) => {
                 self.metrics.queue_overflows.increment(1);

@@ -19,6 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 
+mod graphql;
+
 /// One resource the fake serves.
 #[derive(Clone, Debug)]
 pub struct Resource {
@@ -138,6 +140,8 @@ struct Inner {
     log: Vec<(Method, String, HeaderMap)>,
     /// The GitHub App side, once enabled.
     app: Option<FakeApp>,
+    /// The GraphQL endpoint's settings and serial number.
+    graphql: graphql::Endpoint,
     /// ETags that do not follow GitHub's rule (as if GitHub changed it).
     opaque_etags: bool,
 }
@@ -173,6 +177,10 @@ pub struct FakeState {
     pub charged: AtomicU64,
     /// 304 answers given.
     pub not_modified: AtomicU64,
+    /// GraphQL points charged (the `graphql` resource; not in `charged`).
+    pub points: AtomicU64,
+    /// GraphQL requests answered by the endpoint (valid or not).
+    pub graphql_requests: AtomicU64,
     /// Installation tokens minted.
     pub mints: AtomicU64,
     /// Installation look-ups answered (found or not).
@@ -230,6 +238,8 @@ impl FakeGitHub {
             requests: AtomicU64::new(0),
             charged: AtomicU64::new(0),
             not_modified: AtomicU64::new(0),
+            points: AtomicU64::new(0),
+            graphql_requests: AtomicU64::new(0),
             mints: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             jwt_refusals: AtomicU64::new(0),
@@ -473,6 +483,7 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
     let path = full_path.strip_prefix(&state.prefix).unwrap_or(&full_path).to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
     let cred = credential(&parts.headers);
+    let resource = if path == "/graphql" { "graphql" } else { "core" };
     let (delay, failure, max_age, canned, secondary, over_limit) = {
         let mut inner = state.inner.lock().unwrap();
         *inner.per_path.entry(path.clone()).or_default() += 1;
@@ -487,7 +498,7 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
         inner.times.push((cred.clone(), Instant::now()));
         let secondary = (!inner.secondary.is_empty()).then(|| inner.secondary.remove(0));
         let over_limit = cred != "anonymous"
-            && inner.limit.is_some_and(|l| inner.used.get(&cred).copied().unwrap_or(0) >= l);
+            && inner.limit.is_some_and(|l| inner.used.get(&ledger_key(&cred, resource)).copied().unwrap_or(0) >= l);
         (inner.delay, failure, inner.max_age, canned, secondary, over_limit)
     };
     if !delay.is_zero() {
@@ -506,7 +517,7 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
             None => StatusCode::FORBIDDEN,
         };
         let (s, b) = json_error(status, message);
-        let mut response = respond(&state, &cred, s, b, headers, false);
+        let mut response = respond_as(&state, &cred, resource, s, b, headers, 0);
         if kind == "remaining-0" {
             response.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
         }
@@ -514,15 +525,16 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
     }
     if over_limit && !path.ends_with("/access_tokens") && !path.ends_with("/installation") {
         let (s, b) = json_error(StatusCode::FORBIDDEN, "API rate limit exceeded for user.");
-        return respond(&state, &cred, s, b, HeaderMap::new(), false);
+        return respond_as(&state, &cred, resource, s, b, HeaderMap::new(), 0);
     }
     if let Some((status, body)) = canned {
-        return respond(&state, &cred, StatusCode::from_u16(status).unwrap(), body, HeaderMap::new(), true);
+        return respond_as(&state, &cred, resource, StatusCode::from_u16(status).unwrap(), body, HeaderMap::new(), 1);
     }
     if let Some(status) = failure {
         let status = StatusCode::from_u16(status).unwrap();
         let (s, b) = json_error(status, "Server Error");
-        return respond(&state, &cred, s, b, HeaderMap::new(), !status.is_server_error());
+        let cost = u64::from(!status.is_server_error());
+        return respond_as(&state, &cred, resource, s, b, HeaderMap::new(), cost);
     }
 
     if let Some(answer) = app_endpoint(&state, &parts.method, &path, &parts.headers, &body) {
@@ -537,6 +549,9 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
         }
     }
 
+    if path == "/graphql" && parts.method == Method::POST {
+        return graphql::answer(&state, &body, &cred);
+    }
     if parts.method == Method::GET || parts.method == Method::HEAD {
         return get(&state, &parts.headers, &path, &query, &cred, max_age);
     }
@@ -901,28 +916,42 @@ fn respond(
     cred: &str,
     status: StatusCode,
     body: String,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     charge: bool,
+) -> Response {
+    respond_as(state, cred, "core", status, body, headers, u64::from(charge))
+}
+
+/// An answer charging `cost` units (or points) of `resource` to `cred`, with its
+/// `x-ratelimit-*` headers.
+fn respond_as(
+    state: &FakeState,
+    cred: &str,
+    resource: &'static str,
+    status: StatusCode,
+    body: String,
+    mut headers: HeaderMap,
+    cost: u64,
 ) -> Response {
     let used_limit = state.inner.lock().unwrap().limit;
     let limit = if cred == "anonymous" { LIMIT_ANONYMOUS } else { used_limit.unwrap_or(LIMIT_AUTHENTICATED) };
     let used = {
         let mut inner = state.inner.lock().unwrap();
-        let used = inner.used.entry(cred.to_string()).or_default();
-        if charge {
-            *used += 1;
-        }
+        let used = inner.used.entry(ledger_key(cred, resource)).or_default();
+        *used += cost;
         *used
     };
-    if charge {
-        state.charged.fetch_add(1, Ordering::SeqCst);
+    if resource == "graphql" {
+        state.points.fetch_add(cost, Ordering::SeqCst);
+    } else if cost > 0 {
+        state.charged.fetch_add(cost, Ordering::SeqCst);
     }
     let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
     headers.insert("x-ratelimit-limit", limit.into());
     headers.insert("x-ratelimit-remaining", limit.saturating_sub(used).into());
     headers.insert("x-ratelimit-used", used.into());
     headers.insert("x-ratelimit-reset", reset.into());
-    headers.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    headers.insert("x-ratelimit-resource", HeaderValue::from_static(resource));
     headers.insert("x-github-request-id", HeaderValue::from_static("FAKE:0001"));
     if !headers.contains_key("content-type") && status != StatusCode::NOT_MODIFIED {
         headers.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
@@ -931,4 +960,9 @@ fn respond(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// The key of a credential's budget of one resource in `Inner::used`.
+fn ledger_key(cred: &str, resource: &str) -> String {
+    if resource == "core" { cred.to_string() } else { format!("{cred}#{resource}") }
 }

@@ -1,0 +1,326 @@
+//! The GraphQL track: `POST /graphql`, after identify. GraphQL answers carry no validator,
+//! so there are no free 304s; what the gateway does instead:
+//!
+//! - **bad input** — a body over `graphql.max_body_bytes`, not JSON, or not a GraphQL
+//!   document — is answered locally in GitHub's shape, without spending a point;
+//! - **budget**: the short-circuit phase guards the `graphql` resource like `core` (a cached
+//!   answer rather than the last points, a local 403 at zero, secondary limits held);
+//! - **coalescing**: identical queries (partition, normalised document, operation name,
+//!   variables, and the headers that pick GitHub's answer) in flight at once share one
+//!   upstream request; mutations never do;
+//! - **opt-in caching**: a query a `[[graphql.rules]]` rule names is answered from its
+//!   partition's entry for the rule's `ttl`, and under `stale_if_error` when GitHub fails;
+//!   answers with `errors` are not kept. Writes and webhooks make entries stale
+//!   (`invalidation::graphql_is_stale`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+use tracing::warn;
+
+use super::finish::{build_response, send_error_response};
+use super::send::{Outgoing, SendBody, SendError};
+use super::storing::detach_headers;
+use super::{Caller, Gateway, RequestCtx};
+use crate::cache::policy::Freshness;
+use crate::cache::{CachedResponse, Outcome};
+use crate::coalesce::Role;
+use crate::github;
+use crate::graphql::{self, Caching, Kind, Operation};
+use crate::inbound::declared_length;
+use crate::upstream::{self, UpstreamError};
+
+/// The headers besides the body that pick GitHub's GraphQL answer: they are part of the key.
+const KEYED_HEADERS: [HeaderName; 3] = [
+    github::API_VERSION_HEADER,
+    HeaderName::from_static("graphql-features"),
+    HeaderName::from_static("x-github-next-global-id"),
+];
+
+/// GitHub's answer to one GraphQL request, whole, as every coalesced request shares it.
+#[derive(Debug)]
+pub(super) struct GraphqlAnswer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// What the requests sharing one upstream GraphQL request get.
+pub(super) type GraphqlFlight = Arc<Result<GraphqlAnswer, SendError>>;
+
+/// One upstream GraphQL request to make, with what is needed to store its answer.
+struct GraphqlFill {
+    caller: Caller,
+    url: url::Url,
+    headers: HeaderMap,
+    body: Bytes,
+    key: String,
+    caching: Option<Caching>,
+}
+
+impl Gateway {
+    /// Whether a request takes the GraphQL track.
+    pub(super) fn is_graphql(&self, parts: &Parts) -> bool {
+        let settings = &self.settings;
+        settings.graphql.enabled
+            && settings.cache.enabled
+            && parts.method == Method::POST
+            && parts.uri.path() == "/graphql"
+    }
+
+    /// The GraphQL track, from reading the body to the answer.
+    pub(super) async fn graphql(self: &Arc<Self>, ctx: &RequestCtx, body: Body) -> (Response, Outcome) {
+        let url = match self.upstream.url_for(ctx.path_and_query()) {
+            Ok(url) => url,
+            Err(e) => return (github::error_response(StatusCode::BAD_REQUEST, &e), Outcome::Bypass),
+        };
+        let bytes = match self.read_graphql_body(ctx, body).await {
+            Ok(bytes) => bytes,
+            Err(refused) => return (refused, Outcome::Bypass),
+        };
+        let operation = match graphql::read(&bytes) {
+            Ok(operation) => operation,
+            Err(refusal) => {
+                self.metrics.graphql_request("refused").increment(1);
+                warn!(status = refusal.status.as_u16(), reason = %refusal.message, "refused a GraphQL request locally");
+                return (refusal_response(refusal.status, &refusal.message), Outcome::Bypass);
+            }
+        };
+        if operation.kind != Kind::Query {
+            return (self.graphql_write(ctx, bytes, url, &operation).await, Outcome::Bypass);
+        }
+        self.metrics.graphql_request("query").increment(1);
+        let key = graphql_key(ctx, &operation);
+        let caching = self.graphql_rules.caching_for(&operation);
+        let entry = match caching {
+            Some(_) => self.graphql_entry(ctx, &key, &operation).await,
+            None => None,
+        };
+        let now = SystemTime::now();
+        if let Some((entry, true)) = &entry {
+            if entry.is_fresh(now) {
+                return (self.entry_response(ctx, entry, now), Outcome::Hit);
+            }
+        }
+        let entry = entry.map(|(entry, _)| entry);
+        if let Some(answer) = self.short_circuit(ctx, None, entry.as_ref()).await {
+            return answer;
+        }
+        let fill = GraphqlFill {
+            caller: ctx.caller().clone(),
+            url,
+            headers: upstream::request_headers(&ctx.parts.headers),
+            body: bytes,
+            key: key.clone(),
+            caching,
+        };
+        let me = Arc::clone(self);
+        let (flight, role) = self.graphql_fills.join(key, move || me.graphql_fill(fill).boxed());
+        let fetched = match role {
+            Role::Follower => Outcome::Coalesced,
+            Role::Leader if caching.is_some() => Outcome::Miss,
+            Role::Leader => Outcome::Bypass,
+        };
+        let failed = |response: Response| match &entry {
+            Some(entry) if entry.within_stale_if_error(SystemTime::now()) => {
+                (self.entry_response(ctx, entry, SystemTime::now()), Outcome::Stale)
+            }
+            _ => (response, fetched),
+        };
+        match flight.await.as_deref() {
+            Ok(Ok(answer)) if answer.status.is_server_error() => failed(self.graphql_response(ctx, answer)),
+            Ok(Ok(answer)) => (self.graphql_response(ctx, answer), fetched),
+            Ok(Err(error)) => failed(send_error_response(error)),
+            Err(_) => {
+                let response = github::error_response(StatusCode::BAD_GATEWAY, "ghgate: GraphQL request failed");
+                failed(response)
+            }
+        }
+    }
+
+    /// The request body, whole, unless it is over `graphql.max_body_bytes` (413 locally).
+    async fn read_graphql_body(&self, ctx: &RequestCtx, body: Body) -> Result<Bytes, Response> {
+        let max = self.settings.graphql.max_body_bytes;
+        let too_large = || {
+            self.metrics.graphql_request("refused").increment(1);
+            warn!(max, "refused a GraphQL request body over graphql.max_body_bytes");
+            let message = format!("GraphQL request bodies are limited to {max} bytes (graphql.max_body_bytes)");
+            refusal_response(StatusCode::PAYLOAD_TOO_LARGE, &message)
+        };
+        if declared_length(&ctx.parts.headers).is_some_and(|len| len > max) {
+            return Err(too_large());
+        }
+        let mut stream = body.into_data_stream();
+        let mut read = bytes::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                let message = format!("could not read the request body: {e}");
+                github::error_response(StatusCode::BAD_REQUEST, &message)
+            })?;
+            if (read.len() + chunk.len()) as u64 > max {
+                return Err(too_large());
+            }
+            read.extend_from_slice(&chunk);
+        }
+        Ok(read.freeze())
+    }
+
+    /// The partition's stored answer under `key`, and whether it may still be served as it
+    /// is (not made stale by a write or webhook since it was fetched).
+    async fn graphql_entry(
+        &self,
+        ctx: &RequestCtx,
+        key: &str,
+        operation: &Operation,
+    ) -> Option<(Arc<CachedResponse>, bool)> {
+        // A store failure is a miss; the backend has counted and logged it.
+        let entry = self.responses.get(key).await.ok().flatten()?;
+        let partition = ctx.caller().partition.as_str();
+        let stale = self.invalidation.is_marked_stale(&entry)
+            || self.invalidation.graphql_is_stale(partition, &operation.mentions, entry.response_time);
+        Some((entry, !stale))
+    }
+
+    /// One upstream GraphQL request, shared by every identical query that joins it: sent,
+    /// read whole, checked for a secondary limit, and stored when a rule allows.
+    async fn graphql_fill(self: Arc<Self>, fill: GraphqlFill) -> GraphqlFlight {
+        let GraphqlFill { caller, url, headers, body, key, caching } = fill;
+        // Entries count their age from when GitHub was asked: a write answered while this
+        // request was under way makes its answer stale.
+        let asked_at = SystemTime::now();
+        let answer = match self.graphql_send(&caller, url, headers, body, false).await {
+            Ok(answer) => answer,
+            Err(error) => return Arc::new(Err(error)),
+        };
+        if let Some(caching) = caching {
+            let storable = answer.status == StatusCode::OK
+                && answer.body.len() as u64 <= self.settings.cache.max_body_bytes
+                && !graphql::has_errors(&answer.body);
+            if storable {
+                self.store_graphql(key, &answer, caching, asked_at).await;
+            }
+        }
+        Arc::new(Ok(answer))
+    }
+
+    /// Sends one GraphQL request with the caller's credential and reads the answer whole.
+    async fn graphql_send(
+        &self,
+        caller: &Caller,
+        url: url::Url,
+        headers: HeaderMap,
+        body: Bytes,
+        writes: bool,
+    ) -> Result<GraphqlAnswer, SendError> {
+        let outgoing = Outgoing {
+            method: Method::POST,
+            url,
+            headers,
+            body: SendBody::Buffered(body),
+            conditional: None,
+            writes,
+        };
+        let (response, _) = self.send_upstream(caller, outgoing, None).await?;
+        let status = response.status();
+        let mut headers = response.headers().clone();
+        upstream::strip_hop_by_hop(&mut headers);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| SendError::Upstream(UpstreamError::BadBody(upstream::error_chain(&e.without_url()))))?;
+        if status == StatusCode::FORBIDDEN && !headers.contains_key(http::header::RETRY_AFTER) {
+            self.budgets.record_secondary_message(&caller.partition, status, &body);
+        }
+        Ok(GraphqlAnswer { status, headers, body })
+    }
+
+    /// Keeps an answer for its rule's `ttl`, then `stale_if_error`.
+    async fn store_graphql(&self, key: String, answer: &GraphqlAnswer, caching: Caching, asked_at: SystemTime) {
+        let entry = Arc::new(CachedResponse {
+            status: answer.status,
+            headers: detach_headers(&answer.headers),
+            body: Bytes::copy_from_slice(&answer.body),
+            response_time: asked_at,
+            initial_age: Duration::ZERO,
+            freshness: Freshness {
+                fresh_for: caching.ttl,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: caching.stale_if_error,
+                keep_stale_for: caching.stale_if_error,
+            },
+            vary: Vec::new(),
+            path_key: "/graphql".to_string(),
+            credential_tag: None,
+            body_urls: Default::default(),
+        });
+        self.metrics.cache_stores.increment(1);
+        let ttl = entry.time_to_keep(SystemTime::now());
+        if let Err(e) = self.responses.put(key, entry, ttl).await {
+            // The memory tier has it; the backend's failure is counted and logged by the backend.
+            tracing::debug!(error = %e, "GraphQL answer kept in memory only");
+        }
+    }
+
+    /// A mutation (or subscription): sent on its own, never coalesced or cached. A mutation
+    /// GitHub accepted makes the partition's cached answers about what it names stale.
+    async fn graphql_write(&self, ctx: &RequestCtx, body: Bytes, url: url::Url, operation: &Operation) -> Response {
+        let kind = if operation.kind == Kind::Mutation { "mutation" } else { "subscription" };
+        self.metrics.graphql_request(kind).increment(1);
+        let caller = ctx.caller();
+        let headers = upstream::request_headers(&ctx.parts.headers);
+        let answer = match self.graphql_send(caller, url, headers, body, operation.kind == Kind::Mutation).await {
+            Ok(answer) => answer,
+            Err(error) => return send_error_response(&error),
+        };
+        if operation.kind == Kind::Mutation && answer.status.is_success() {
+            self.invalidation.graphql_written(caller.partition.as_str(), &operation.mentions).await;
+        }
+        self.graphql_response(ctx, &answer)
+    }
+
+    /// The answer a GraphQL fill gives this request, with the latest rate-limit values.
+    fn graphql_response(&self, ctx: &RequestCtx, answer: &GraphqlAnswer) -> Response {
+        let mut headers = answer.headers.clone();
+        self.apply_rate_limit(&ctx.caller().partition, &mut headers);
+        let body = self.client_body(ctx, &answer.body, None, &mut headers);
+        build_response(answer.status, headers, body)
+    }
+}
+
+/// The cache and coalescing key of a query: partition, the operation's fingerprint, and the
+/// header values that pick GitHub's answer (each hostile header is in the key, never ignored).
+fn graphql_key(ctx: &RequestCtx, operation: &Operation) -> String {
+    let headers = &ctx.parts.headers;
+    let mut key = format!("{}\n/graphql\n{}\n", ctx.caller().partition.as_str(), operation.fingerprint);
+    key.push_str(&github::normalize_accept(headers.get(http::header::ACCEPT)));
+    for name in KEYED_HEADERS {
+        key.push('\n');
+        for value in headers.get_all(&name) {
+            key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            key.push(',');
+        }
+    }
+    key
+}
+
+/// A GraphQL request refused locally: GitHub's error shape (`message`, `documentation_url`),
+/// with the message also in a GraphQL `errors` list so GraphQL clients show it.
+fn refusal_response(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({
+        "message": message,
+        "documentation_url": graphql::DOCUMENTATION_URL,
+        "errors": [{ "message": message }],
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    build_response(status, headers, Body::from(body.to_string()))
+}
