@@ -10,6 +10,7 @@ mod binary;
 mod caching;
 mod clients;
 mod fleet;
+mod graphql;
 mod hostile;
 mod lifecycle;
 mod limits;

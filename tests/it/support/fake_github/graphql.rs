@@ -77,7 +77,7 @@ pub(super) fn answer(state: &FakeState, body: &[u8], cred: &str) -> Response {
     } else if query.trim_start().starts_with("mutation") {
         serde_json::json!({"data": {"mutation": {"serial": serial}}})
     } else {
-        serde_json::json!({"data": {"serial": serial, "variables": variables}})
+        serde_json::json!({"data": {"serial": serial, "query": query, "variables": variables}})
     };
     respond_as(state, cred, "graphql", StatusCode::OK, answer.to_string(), headers, cost)
 }
