@@ -204,9 +204,9 @@ fn top_level_fields(
                 if !visited.insert(name.clone()) {
                     continue;
                 }
-                let fragment = fragments
-                    .iter()
-                    .find(|f| f.fragment_name().and_then(|n| n.name()).is_some_and(|n| n.text() == name.as_str()));
+                let fragment = fragments.iter().find(|f| {
+                    f.fragment_name().and_then(|n| n.name()).is_some_and(|n| n.text() == name.as_str())
+                });
                 if let Some(set) = fragment.and_then(|f| f.selection_set()) {
                     top_level_fields(&set, fragments, visited, out);
                 }
@@ -225,7 +225,8 @@ fn mentions_of(fields: &[cst::Field], variables: &serde_json::Map<String, Value>
         let Some(name) = field.name() else { return Mentions::Unknown };
         let argument = |wanted: &str| -> Option<String> {
             let arguments = field.arguments()?;
-            let value = arguments.arguments().find(|a| a.name().is_some_and(|n| n.text() == wanted))?.value()?;
+            let value =
+                arguments.arguments().find(|a| a.name().is_some_and(|n| n.text() == wanted))?.value()?;
             let text = match value {
                 cst::Value::StringValue(s) => String::from(&s),
                 cst::Value::Variable(v) => variables.get(v.text().as_str())?.as_str()?.to_string(),
@@ -321,7 +322,10 @@ impl Rules {
             }
             (None, None) => false,
         })?;
-        Some(Caching { ttl: rule.ttl, stale_if_error: rule.stale_if_error.unwrap_or(self.default_stale_if_error) })
+        Some(Caching {
+            ttl: rule.ttl,
+            stale_if_error: rule.stale_if_error.unwrap_or(self.default_stale_if_error),
+        })
     }
 
     /// The longest any answer is kept (for how long invalidation must remember its marks).
@@ -372,14 +376,18 @@ mod tests {
         ))
         .unwrap();
         assert_ne!(a.fingerprint, c.fingerprint, "other variables ask something else");
-        let d = read(&body("query Q { repository(owner: \"a\", name: \"b\") { name } }", Value::Null)).unwrap();
+        let d =
+            read(&body("query Q { repository(owner: \"a\", name: \"b\") { name } }", Value::Null)).unwrap();
         assert_ne!(a.fingerprint, d.fingerprint);
     }
 
     #[test]
     fn the_operation_kind_comes_from_the_parsed_document() {
         assert_eq!(read(&body("{ viewer { login } }", Value::Null)).unwrap().kind, Kind::Query);
-        let m = read(&body("mutation M { addStar(input: {starrableId: \"x\"}) { clientMutationId } }", Value::Null));
+        let m = read(&body(
+            "mutation M { addStar(input: {starrableId: \"x\"}) { clientMutationId } }",
+            Value::Null,
+        ));
         assert_eq!(m.unwrap().kind, Kind::Mutation);
         // A query whose text merely contains the word "mutation" is still a query.
         let q = read(&body("query mutation { viewer { login } } ", Value::Null)).unwrap();
@@ -406,8 +414,15 @@ mod tests {
         assert_eq!(read(b"[1]").unwrap_err().message, "Problems parsing JSON");
         assert!(read(br#"{"variables":{}}"#).unwrap_err().message.contains("query attribute"));
         assert!(read(br#"{"query": 3}"#).unwrap_err().message.contains("query attribute"));
-        assert!(read(&body("{ viewer { login }", Value::Null)).unwrap_err().message.starts_with("Parse error"));
-        assert!(read(&body("fragment F on User { login }", Value::Null)).unwrap_err().message.contains("No operations"));
+        assert!(
+            read(&body("{ viewer { login }", Value::Null)).unwrap_err().message.starts_with("Parse error")
+        );
+        assert!(
+            read(&body("fragment F on User { login }", Value::Null))
+                .unwrap_err()
+                .message
+                .contains("No operations")
+        );
         let variables = serde_json::to_vec(&serde_json::json!({"query": "{ a }", "variables": [1]})).unwrap();
         assert!(read(&variables).unwrap_err().message.contains("Variables"));
     }
@@ -429,16 +444,15 @@ mod tests {
             serde_json::json!({"o": "Octo"}),
         ))
         .unwrap();
-        let expected: BTreeSet<Scope> = [
-            Scope::Repo { owner: "octo".into(), name: "one".into() },
-            Scope::Owner("acme".into()),
-        ]
-        .into();
+        let expected: BTreeSet<Scope> =
+            [Scope::Repo { owner: "octo".into(), name: "one".into() }, Scope::Owner("acme".into())].into();
         assert_eq!(op.mentions, Mentions::Known(expected));
         assert_eq!(op.top_fields, vec!["organization", "rateLimit", "repository"]);
-        let viewer = read(&body("{ viewer { login } repository(owner: \"a\", name: \"b\") { id } }", Value::Null));
+        let viewer =
+            read(&body("{ viewer { login } repository(owner: \"a\", name: \"b\") { id } }", Value::Null));
         assert_eq!(viewer.unwrap().mentions, Mentions::Unknown);
-        let unresolved = read(&body("query($n: String) { repository(owner: \"a\", name: $n) { id } }", Value::Null));
+        let unresolved =
+            read(&body("query($n: String) { repository(owner: \"a\", name: $n) { id } }", Value::Null));
         assert_eq!(unresolved.unwrap().mentions, Mentions::Unknown);
     }
 
@@ -463,7 +477,8 @@ mod tests {
         assert_eq!(caching.stale_if_error, Duration::from_secs(300));
         let fields = read(&body("{ repository(owner: \"a\", name: \"b\") { id } }", Value::Null)).unwrap();
         assert!(rules.caching_for(&fields).is_some());
-        let wider = read(&body("{ repository(owner: \"a\", name: \"b\") { id } viewer { login } }", Value::Null));
+        let wider =
+            read(&body("{ repository(owner: \"a\", name: \"b\") { id } viewer { login } }", Value::Null));
         assert!(rules.caching_for(&wider.unwrap()).is_none(), "viewer is not in the rule");
         let mutation = read(&body("mutation PullRequestList { x }", Value::Null)).unwrap();
         assert!(rules.caching_for(&mutation).is_none(), "mutations are never cached");

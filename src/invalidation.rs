@@ -28,11 +28,11 @@ use crate::app_auth::Broker;
 use crate::cache::CachedResponse;
 use crate::config::{Settings, WebhookSettings};
 use crate::github;
+use crate::graphql::{Mentions, Scope};
 use crate::inbound::declared_length;
 use crate::negative::{self, NegativeCache};
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::graphql::{Mentions, Scope};
 use crate::webhook::{self, Delivery, Effect};
 
 /// How far another replica's clock may be behind this one's: a mark it announces counts from
@@ -433,7 +433,9 @@ impl Invalidation {
                     self.mark_everywhere(format!("gql:{partition}:repo:{owner}/{name}"), now).await;
                     self.mark_everywhere(format!("gql:{partition}:owner:{owner}"), now).await;
                 }
-                Scope::Owner(owner) => self.mark_everywhere(format!("gql:{partition}:owner:{owner}"), now).await,
+                Scope::Owner(owner) => {
+                    self.mark_everywhere(format!("gql:{partition}:owner:{owner}"), now).await
+                }
             }
         }
         self.mark_everywhere(format!("gql:{partition}:any"), now).await;

@@ -23,11 +23,7 @@ pub struct GraphqlSettings {
 
 impl Default for GraphqlSettings {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            max_body_bytes: 256 * 1024,
-            rules: Vec::new(),
-        }
+        Self { enabled: true, max_body_bytes: 256 * 1024, rules: Vec::new() }
     }
 }
 

@@ -163,7 +163,9 @@ impl Settings {
             match (&rule.operation, &rule.fields) {
                 (Some(_), Some(_)) => bad(&key("operation"), "give operation or fields, not both".into()),
                 (None, None) => bad(&key("operation"), "give operation or fields".into()),
-                (Some(name), None) if name.trim().is_empty() => bad(&key("operation"), "must not be empty".into()),
+                (Some(name), None) if name.trim().is_empty() => {
+                    bad(&key("operation"), "must not be empty".into())
+                }
                 (None, Some(fields)) if fields.is_empty() || fields.iter().any(|f| f.trim().is_empty()) => {
                     bad(&key("fields"), "must list at least one field name, none empty".into())
                 }

@@ -32,8 +32,9 @@ use crate::cache::policy::Freshness;
 use crate::cache::{CachedResponse, Outcome};
 use crate::coalesce::Role;
 use crate::github;
-use crate::graphql::{self, Caching, Kind, Operation};
+use crate::graphql::{self, Caching, Kind, Mentions, Operation};
 use crate::inbound::declared_length;
+use crate::store::{ReplicaLock, ReplicaWork, ResponseCache};
 use crate::upstream::{self, UpstreamError};
 
 /// The headers besides the body that pick GitHub's GraphQL answer: they are part of the key.
@@ -49,6 +50,8 @@ pub(super) struct GraphqlAnswer {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    /// Found in the shared store, stored by another replica's request for it.
+    from_replica: bool,
 }
 
 /// What the requests sharing one upstream GraphQL request get.
@@ -62,6 +65,8 @@ struct GraphqlFill {
     body: Bytes,
     key: String,
     caching: Option<Caching>,
+    /// What the query names, to tell whether another replica's stored answer still stands.
+    mentions: Mentions,
 }
 
 impl Gateway {
@@ -119,6 +124,7 @@ impl Gateway {
             body: bytes,
             key: key.clone(),
             caching,
+            mentions: operation.mentions.clone(),
         };
         let me = Arc::clone(self);
         let (flight, role) = self.graphql_fills.join(key, move || me.graphql_fill(fill).boxed());
@@ -135,10 +141,12 @@ impl Gateway {
         };
         match flight.await.as_deref() {
             Ok(Ok(answer)) if answer.status.is_server_error() => failed(self.graphql_response(ctx, answer)),
+            Ok(Ok(answer)) if answer.from_replica => (self.graphql_response(ctx, answer), Outcome::Coalesced),
             Ok(Ok(answer)) => (self.graphql_response(ctx, answer), fetched),
             Ok(Err(error)) => failed(send_error_response(error)),
             Err(_) => {
-                let response = github::error_response(StatusCode::BAD_GATEWAY, "ghgate: GraphQL request failed");
+                let response =
+                    github::error_response(StatusCode::BAD_GATEWAY, "ghgate: GraphQL request failed");
                 failed(response)
             }
         }
@@ -150,7 +158,8 @@ impl Gateway {
         let too_large = || {
             self.metrics.graphql_request("refused").increment(1);
             warn!(max, "refused a GraphQL request body over graphql.max_body_bytes");
-            let message = format!("GraphQL request bodies are limited to {max} bytes (graphql.max_body_bytes)");
+            let message =
+                format!("GraphQL request bodies are limited to {max} bytes (graphql.max_body_bytes)");
             refusal_response(StatusCode::PAYLOAD_TOO_LARGE, &message)
         };
         if declared_length(&ctx.parts.headers).is_some_and(|len| len > max) {
@@ -187,10 +196,28 @@ impl Gateway {
         Some((entry, !stale))
     }
 
-    /// One upstream GraphQL request, shared by every identical query that joins it: sent,
-    /// read whole, checked for a secondary limit, and stored when a rule allows.
+    /// One upstream GraphQL request, shared by every identical query that joins it here —
+    /// and, for a query a rule caches, with replicas sharing the store: one replica asks
+    /// GitHub while the others wait for the answer it stores.
     async fn graphql_fill(self: Arc<Self>, fill: GraphqlFill) -> GraphqlFlight {
-        let GraphqlFill { caller, url, headers, body, key, caching } = fill;
+        let shared = self.responses.backend().filter(|b| b.is_shared()).cloned();
+        let (Some(backend), Some(_)) = (shared, fill.caching) else {
+            return self.graphql_fetch(fill).await;
+        };
+        let lock = ReplicaLock {
+            backend: Some(backend),
+            key: format!("lock:{}", ResponseCache::backend_key(&fill.key)),
+            hold: self.settings.upstream.timeout + Duration::from_secs(2),
+            wait: self.settings.store.lock_wait,
+        };
+        let metrics = Arc::clone(&self.metrics);
+        lock.run(GraphqlJob { gateway: self, fill }, &metrics).await
+    }
+
+    /// Asks GitHub: sent, read whole, checked for a secondary limit, and stored when a rule
+    /// allows.
+    async fn graphql_fetch(&self, fill: GraphqlFill) -> GraphqlFlight {
+        let GraphqlFill { caller, url, headers, body, key, caching, .. } = fill;
         // Entries count their age from when GitHub was asked: a write answered while this
         // request was under way makes its answer stale.
         let asked_at = SystemTime::now();
@@ -230,18 +257,23 @@ impl Gateway {
         let status = response.status();
         let mut headers = response.headers().clone();
         upstream::strip_hop_by_hop(&mut headers);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| SendError::Upstream(UpstreamError::BadBody(upstream::error_chain(&e.without_url()))))?;
+        let body = response.bytes().await.map_err(|e| {
+            SendError::Upstream(UpstreamError::BadBody(upstream::error_chain(&e.without_url())))
+        })?;
         if status == StatusCode::FORBIDDEN && !headers.contains_key(http::header::RETRY_AFTER) {
             self.budgets.record_secondary_message(&caller.partition, status, &body);
         }
-        Ok(GraphqlAnswer { status, headers, body })
+        Ok(GraphqlAnswer { status, headers, body, from_replica: false })
     }
 
     /// Keeps an answer for its rule's `ttl`, then `stale_if_error`.
-    async fn store_graphql(&self, key: String, answer: &GraphqlAnswer, caching: Caching, asked_at: SystemTime) {
+    async fn store_graphql(
+        &self,
+        key: String,
+        answer: &GraphqlAnswer,
+        caching: Caching,
+        asked_at: SystemTime,
+    ) {
         let entry = Arc::new(CachedResponse {
             status: answer.status,
             headers: detach_headers(&answer.headers),
@@ -269,15 +301,22 @@ impl Gateway {
 
     /// A mutation (or subscription): sent on its own, never coalesced or cached. A mutation
     /// GitHub accepted makes the partition's cached answers about what it names stale.
-    async fn graphql_write(&self, ctx: &RequestCtx, body: Bytes, url: url::Url, operation: &Operation) -> Response {
+    async fn graphql_write(
+        &self,
+        ctx: &RequestCtx,
+        body: Bytes,
+        url: url::Url,
+        operation: &Operation,
+    ) -> Response {
         let kind = if operation.kind == Kind::Mutation { "mutation" } else { "subscription" };
         self.metrics.graphql_request(kind).increment(1);
         let caller = ctx.caller();
         let headers = upstream::request_headers(&ctx.parts.headers);
-        let answer = match self.graphql_send(caller, url, headers, body, operation.kind == Kind::Mutation).await {
-            Ok(answer) => answer,
-            Err(error) => return send_error_response(&error),
-        };
+        let answer =
+            match self.graphql_send(caller, url, headers, body, operation.kind == Kind::Mutation).await {
+                Ok(answer) => answer,
+                Err(error) => return send_error_response(&error),
+            };
         if operation.kind == Kind::Mutation && answer.status.is_success() {
             self.invalidation.graphql_written(caller.partition.as_str(), &operation.mentions).await;
         }
@@ -290,6 +329,40 @@ impl Gateway {
         self.apply_rate_limit(&ctx.caller().partition, &mut headers);
         let body = self.client_body(ctx, &answer.body, None, &mut headers);
         build_response(answer.status, headers, body)
+    }
+}
+
+/// A cached query's upstream request as replicas sharing a store do it: once.
+struct GraphqlJob {
+    gateway: Arc<Gateway>,
+    fill: GraphqlFill,
+}
+
+impl ReplicaWork for GraphqlJob {
+    type Output = GraphqlFlight;
+
+    /// A fresh answer another replica stored meanwhile, unless a write or webhook made it
+    /// stale since.
+    async fn check(&self) -> Option<GraphqlFlight> {
+        let gateway = &self.gateway;
+        let entry = gateway.responses.get_from_backend(&self.fill.key).await.ok().flatten()?;
+        let partition = self.fill.caller.partition.as_str();
+        let stands = entry.is_fresh(SystemTime::now())
+            && !gateway.invalidation.is_marked_stale(&entry)
+            && !gateway.invalidation.graphql_is_stale(partition, &self.fill.mentions, entry.response_time);
+        stands.then(|| {
+            let answer = GraphqlAnswer {
+                status: entry.status,
+                headers: entry.headers.clone(),
+                body: entry.body.clone(),
+                from_replica: true,
+            };
+            Arc::new(Ok(answer))
+        })
+    }
+
+    async fn work(self) -> GraphqlFlight {
+        self.gateway.graphql_fetch(self.fill).await
     }
 }
 

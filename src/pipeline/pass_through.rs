@@ -86,7 +86,8 @@ impl Gateway {
         };
         let headers = upstream::request_headers(&parts.headers);
         let writes = is_unsafe(&parts.method);
-        let outgoing = Outgoing { method: parts.method.clone(), url, headers, body, conditional: None, writes };
+        let outgoing =
+            Outgoing { method: parts.method.clone(), url, headers, body, conditional: None, writes };
         let response = match self.send_upstream(caller, outgoing, None).await {
             Ok((response, _)) => response,
             Err(_) if over_limit.load(Ordering::Relaxed) => {
@@ -104,7 +105,9 @@ impl Gateway {
         };
         if is_unsafe(&parts.method) && (response.status().is_success() || response.status().is_redirection())
         {
-            self.invalidation.after_write(caller.partition.as_str(), parts.uri.path(), response.headers()).await;
+            self.invalidation
+                .after_write(caller.partition.as_str(), parts.uri.path(), response.headers())
+                .await;
         }
         if is_unsafe(&parts.method) && response.status().is_success() {
             // Write access shown: shared negative entries of this repository (the statuses

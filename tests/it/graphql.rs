@@ -9,7 +9,10 @@ use std::time::Duration;
 use ghgate::config::{GraphqlRule, Settings};
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
+use support::redis_server::Shared;
 use support::{FakeGitHub, TestGateway, outcome, start_gateway};
+
+use crate::on_both;
 
 const REPO_QUERY: &str = "query Repo($owner: String!, $name: String!) {
   repository(owner: $owner, name: $name) { pullRequests(first: 10) { nodes { number } } }
@@ -91,7 +94,11 @@ async fn bad_input_is_answered_locally_in_githubs_shape_without_spending_a_point
         (r#"{"variables":{}}"#.to_string(), 400, "A query attribute must be specified"),
         (serde_json::json!({"query": "{ viewer { login }"}).to_string(), 400, "Parse error"),
         (serde_json::json!({"query": "query A { a } query B { b }"}).to_string(), 400, "operation name"),
-        (serde_json::json!({"query": format!("{{ a(x: \"{}\") }}", "x".repeat(2000))}).to_string(), 413, "1024"),
+        (
+            serde_json::json!({"query": format!("{{ a(x: \"{}\") }}", "x".repeat(2000))}).to_string(),
+            413,
+            "1024",
+        ),
     ];
     for (body, status, message) in cases {
         let r = post(&gw, "t", body.clone()).await;
@@ -103,9 +110,8 @@ async fn bad_input_is_answered_locally_in_githubs_shape_without_spending_a_point
         assert_eq!(json["errors"][0]["message"], json["message"], "GraphQL clients see it too");
     }
     // A body sent in chunks, without a length, is cut off at the cap as well.
-    let chunks = futures::stream::iter(
-        (0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 200]))),
-    );
+    let chunks =
+        futures::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 200]))));
     let chunked = gw
         .client
         .post(format!("{}/graphql", gw.url))
@@ -188,7 +194,8 @@ async fn a_rule_caches_a_querys_answer_per_partition_for_its_ttl() {
     assert_eq!(expired, "MISS");
     assert!(newer > serial);
     // A query the rule does not cover (it asks for more than `repository`) is not cached.
-    let wider = serde_json::json!({"query": "{ viewer { login } repository(owner: \"o\", name: \"a\") { id } }"});
+    let wider =
+        serde_json::json!({"query": "{ viewer { login } repository(owner: \"o\", name: \"a\") { id } }"});
     assert_eq!(outcome(&post(&gw, "t", wider.to_string()).await), "BYPASS");
     assert_eq!(outcome(&post(&gw, "t", wider.to_string()).await), "BYPASS");
 }
@@ -316,7 +323,8 @@ async fn a_write_makes_the_writers_cached_answers_about_its_repository_stale() {
     assert_eq!(ask(&gw, "u", "o", "a").await.0, "HIT");
     // A query whose reach the gateway cannot tell (a variable it was not given) goes stale on
     // any write of its partition.
-    let unknown = serde_json::json!({"query": "query($n: String) { repository(owner: \"x\", name: $n) { id } }"});
+    let unknown =
+        serde_json::json!({"query": "query($n: String) { repository(owner: \"x\", name: $n) { id } }"});
     assert_eq!(outcome(&post(&gw, "u", unknown.to_string()).await), "MISS");
     assert_eq!(outcome(&post(&gw, "u", unknown.to_string()).await), "HIT");
     let elsewhere = gw
@@ -379,4 +387,63 @@ async fn with_graphql_off_requests_pass_through_untouched() {
     assert_eq!(r.status(), 400, "GitHub's own answer");
     assert_eq!(outcome(&r), "BYPASS");
     assert_eq!(fake.graphql_requests(), 1);
+}
+
+// Two replicas sharing Redis (one server, and a three-master cluster) behave as one node.
+
+async fn two_replicas(fake: &FakeGitHub, shared: &Shared) -> (TestGateway, TestGateway) {
+    let settings = |s: &mut Settings| {
+        shared.apply(s);
+        repository_rule(Duration::from_secs(60))(s);
+    };
+    (start_gateway(&fake.url(), settings).await, start_gateway(&fake.url(), settings).await)
+}
+
+on_both!(a_graphql_answer_cached_through_one_replica_is_served_by_the_other);
+async fn a_graphql_answer_cached_through_one_replica_is_served_by_the_other(shared: &Shared) {
+    let fake = FakeGitHub::start().await;
+    let (a, b) = two_replicas(&fake, shared).await;
+    let (first, serial) = ask(&a, "t", "o", "a").await;
+    assert_eq!(first, "MISS");
+    assert_eq!(ask(&b, "t", "o", "a").await, ("HIT".to_string(), serial));
+    assert_eq!(ask(&b, "u", "o", "a").await.0, "MISS", "another partition, on any replica");
+    assert_eq!(fake.points(), 2);
+}
+
+on_both!(writes_through_one_replica_make_the_others_cached_graphql_answers_stale);
+async fn writes_through_one_replica_make_the_others_cached_graphql_answers_stale(shared: &Shared) {
+    let fake = FakeGitHub::start().await;
+    let (a, b) = two_replicas(&fake, shared).await;
+    ask(&a, "t", "o", "a").await;
+    ask(&a, "t", "o", "b").await;
+    assert_eq!(ask(&b, "t", "o", "a").await.0, "HIT", "B holds A's answer in its memory tier now");
+    let patch = b
+        .client
+        .patch(format!("{}/repos/o/a", b.url))
+        .header("authorization", "token t")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(patch.status().is_success());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ask(&a, "t", "o", "a").await.0, "MISS", "A follows B's mark");
+    assert_eq!(ask(&a, "t", "o", "b").await.0, "HIT");
+
+    ask(&b, "t", "o", "b").await;
+    let mutation = serde_json::json!({"query": "mutation { addStar(input: {starrableId: \"R_1\"}) { clientMutationId } }"});
+    assert_eq!(post(&a, "t", mutation.to_string()).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ask(&b, "t", "o", "b").await.0, "MISS", "B follows A's mutation");
+}
+
+on_both!(identical_cached_queries_through_two_replicas_at_once_cost_one_request);
+async fn identical_cached_queries_through_two_replicas_at_once_cost_one_request(shared: &Shared) {
+    let fake = FakeGitHub::start().await;
+    fake.set_delay(Duration::from_millis(300));
+    let (a, b) = two_replicas(&fake, shared).await;
+    let asks = (0..20).map(|i| ask(if i % 2 == 0 { &a } else { &b }, "t", "o", "a"));
+    let answers = futures::future::join_all(asks).await;
+    assert_eq!(fake.graphql_requests(), 1, "one replica asked; the other waited for its answer");
+    assert!(answers.iter().all(|(_, serial)| *serial == answers[0].1));
 }
