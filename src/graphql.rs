@@ -8,6 +8,7 @@
 //! recursion and a token limit instead of overflowing the stack. Pure functions, no I/O.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use apollo_parser::cst::{self, CstNode};
@@ -164,6 +165,30 @@ pub(crate) fn read(body: &[u8]) -> Result<Operation, Refusal> {
     hasher.update(canonical.as_bytes());
     let fingerprint = hex::encode(hasher.finalize());
     Ok(Operation { kind, name, top_fields, mentions, fingerprint })
+}
+
+/// Bodies read recently, by SHA-256 of their bytes: clients that poll send the same bytes
+/// again and again, and a hit should not parse them each time.
+pub(crate) struct Reader {
+    read: quick_cache::sync::Cache<[u8; 32], Arc<Operation>>,
+}
+
+impl Reader {
+    /// Remembers the operations of up to `capacity` distinct bodies.
+    pub(crate) fn new(capacity: usize) -> Reader {
+        Reader { read: quick_cache::sync::Cache::new(capacity) }
+    }
+
+    /// [`read`], remembered by the body's bytes (refusals are not remembered).
+    pub(crate) fn read(&self, body: &[u8]) -> Result<Arc<Operation>, Refusal> {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        if let Some(operation) = self.read.get(&digest) {
+            return Ok(operation);
+        }
+        let operation = Arc::new(read(body)?);
+        self.read.insert(digest, Arc::clone(&operation));
+        Ok(operation)
+    }
 }
 
 /// The document's significant tokens, one space apart: whitespace, commas and comments (all
@@ -482,6 +507,16 @@ mod tests {
         assert!(rules.caching_for(&wider.unwrap()).is_none(), "viewer is not in the rule");
         let mutation = read(&body("mutation PullRequestList { x }", Value::Null)).unwrap();
         assert!(rules.caching_for(&mutation).is_none(), "mutations are never cached");
+    }
+
+    #[test]
+    fn the_reader_remembers_operations_by_body_bytes() {
+        let reader = Reader::new(16);
+        let bytes = body("{ viewer { login } }", Value::Null);
+        let first = reader.read(&bytes).unwrap();
+        assert!(Arc::ptr_eq(&first, &reader.read(&bytes).unwrap()), "read once");
+        assert!(reader.read(b"not json").is_err());
+        assert!(reader.read(b"not json").is_err(), "refusals are not remembered as operations");
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Gateway {
             Ok(bytes) => bytes,
             Err(refused) => return (refused, Outcome::Bypass),
         };
-        let operation = match graphql::read(&bytes) {
+        let operation = match self.graphql_reader.read(&bytes) {
             Ok(operation) => operation,
             Err(refusal) => {
                 self.metrics.graphql_request("refused").increment(1);

@@ -85,6 +85,8 @@ pub struct Gateway {
     fills: Coalescer<String, Fill>,
     /// `[[graphql.rules]]`: which GraphQL queries may be cached, and for how long.
     graphql_rules: crate::graphql::Rules,
+    /// GraphQL bodies parsed recently (polling clients resend the same bytes).
+    graphql_reader: crate::graphql::Reader,
     /// Upstream GraphQL requests under way, which identical queries join.
     graphql_fills: Coalescer<String, graphql::GraphqlFlight>,
     /// The first fetch of each variant under way, which other partitions' fetches wait for.
@@ -151,6 +153,7 @@ impl Gateway {
             fills: Coalescer::default(),
             graphql_rules: crate::graphql::Rules::new(&settings.graphql.rules, settings.cache.stale_if_error),
             graphql_fills: Coalescer::default(),
+            graphql_reader: crate::graphql::Reader::new(10_000),
             pioneers: Pioneers::default(),
             breaker: Breaker::default(),
             upstream,
