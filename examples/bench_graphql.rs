@@ -113,7 +113,11 @@ async fn burst(base: &str, fake: &FakeGitHub, n: u64) -> u64 {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let before = fake.graphql_requests();
     let sends = (0..n).map(|_| {
-        client.post(format!("{base}/graphql")).header("authorization", "bearer ghp_burst").body(body(0)).send()
+        client
+            .post(format!("{base}/graphql"))
+            .header("authorization", "bearer ghp_burst")
+            .body(body(0))
+            .send()
     });
     for r in futures::future::join_all(sends).await {
         assert_eq!(r.unwrap().status(), 200);
@@ -128,7 +132,11 @@ async fn hits(base: &str, n: u64) -> (Duration, Duration) {
     let mut rest = Vec::new();
     for i in 0..=n {
         let started = Instant::now();
-        let r = client.post(format!("{base}/graphql")).header("authorization", "bearer ghp_hits").body(body(0)).send();
+        let r = client
+            .post(format!("{base}/graphql"))
+            .header("authorization", "bearer ghp_hits")
+            .body(body(0))
+            .send();
         let r = r.await.unwrap();
         r.bytes().await.unwrap();
         // The first of each is the miss that fills the entry.
@@ -175,7 +183,9 @@ async fn main() {
             fake.set_delay(latency);
             let dir = tempfile::tempdir().unwrap();
             let running = match through_ghgate {
-                true => Some(ghgate::server::start(settings(&fake.url(), dir.path(), Some(ttl))).await.unwrap()),
+                true => {
+                    Some(ghgate::server::start(settings(&fake.url(), dir.path(), Some(ttl))).await.unwrap())
+                }
                 false => None,
             };
             let base = running.as_ref().map_or(fake.url(), |r| format!("http://{}", r.proxy_addr));
@@ -214,9 +224,10 @@ async fn main() {
         let fake = FakeGitHub::start().await;
         fake.put("/repos/org/r0", fake_github::Resource::json(r#"{"id":1,"name":"r0"}"#));
         let dir = tempfile::tempdir().unwrap();
-        let running = ghgate::server::start(settings(&fake.url(), dir.path(), Some(Duration::from_secs(600))))
-            .await
-            .unwrap();
+        let running =
+            ghgate::server::start(settings(&fake.url(), dir.path(), Some(Duration::from_secs(600))))
+                .await
+                .unwrap();
         let (graphql, rest) = hits(&format!("http://{}", running.proxy_addr), hit_count).await;
         println!(
             "run {run} hits    {hit_count} sequential: GraphQL hit p50 {:.0} us, REST hit p50 {:.0} us ({:.2}x)",

@@ -137,6 +137,18 @@ impl Upstream {
         Url::parse(&format!("{base}{path_and_query}")).map_err(|e| format!("bad request path: {e}"))
     }
 
+    /// The upstream URL of GitHub's GraphQL endpoint: `{base}/graphql` on github.com, and
+    /// `https://HOST/api/graphql` for a GitHub Enterprise Server base of `https://HOST/api/v3`
+    /// (GHES serves GraphQL beside the REST prefix, not under it).
+    pub fn graphql_url(&self) -> Url {
+        let base = self.base.as_str().trim_end_matches('/');
+        let url = match base.strip_suffix("/api/v3") {
+            Some(host) => format!("{host}/api/graphql"),
+            None => format!("{base}/graphql"),
+        };
+        Url::parse(&url).expect("the base URL with a plain path is a URL")
+    }
+
     /// Sends a request and waits (at most the configured timeout) for the answer's headers.
     pub async fn send(
         &self,
@@ -198,6 +210,9 @@ mod tests {
             up.url_for("/repos/o/r?page=2").unwrap().as_str(),
             "https://ghe.example.com/api/v3/repos/o/r?page=2"
         );
+        assert_eq!(up.graphql_url().as_str(), "https://ghe.example.com/api/graphql");
+        let dotcom = Upstream::new(&UpstreamSettings::default(), 1).unwrap();
+        assert_eq!(dotcom.graphql_url().as_str(), "https://api.github.com/graphql");
     }
 
     #[test]

@@ -81,10 +81,8 @@ impl Gateway {
 
     /// The GraphQL track, from reading the body to the answer.
     pub(super) async fn graphql(self: &Arc<Self>, ctx: &RequestCtx, body: Body) -> (Response, Outcome) {
-        let url = match self.upstream.url_for(ctx.path_and_query()) {
-            Ok(url) => url,
-            Err(e) => return (github::error_response(StatusCode::BAD_REQUEST, &e), Outcome::Bypass),
-        };
+        let mut url = self.upstream.graphql_url();
+        url.set_query(ctx.parts.uri.query());
         let bytes = match self.read_graphql_body(ctx, body).await {
             Ok(bytes) => bytes,
             Err(refused) => return (refused, Outcome::Bypass),

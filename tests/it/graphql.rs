@@ -380,6 +380,22 @@ async fn a_webhook_for_a_repository_makes_every_partitions_answers_about_it_stal
 }
 
 #[tokio::test]
+async fn admin_purges_reach_cached_graphql_answers() {
+    let fake = FakeGitHub::start().await;
+    let gw = start_gateway(&fake.url(), repository_rule(Duration::from_secs(60))).await;
+    let purge = |q: &'static str| gw.client.post(format!("{}/purge?{q}", gw.admin_url)).send();
+    for name in ["a", "b"] {
+        ask(&gw, "t", "o", name).await;
+    }
+    assert_eq!(purge("owner=o&repo=a").await.unwrap().status(), 200);
+    assert_eq!(ask(&gw, "t", "o", "a").await.0, "MISS");
+    assert_eq!(ask(&gw, "t", "o", "b").await.0, "HIT");
+    assert_eq!(purge("path=/graphql").await.unwrap().status(), 200);
+    assert_eq!(ask(&gw, "t", "o", "a").await.0, "MISS");
+    assert_eq!(ask(&gw, "t", "o", "b").await.0, "MISS");
+}
+
+#[tokio::test]
 async fn with_graphql_off_requests_pass_through_untouched() {
     let fake = FakeGitHub::start().await;
     let gw = start_gateway(&fake.url(), |s| s.graphql.enabled = false).await;
