@@ -199,6 +199,25 @@ mod tests {
     }
 
     #[test]
+    fn graphql_rules_load_and_bad_ones_name_their_key() {
+        let ok = "[[graphql.rules]]\noperation = \"PullRequestList\"\nttl = \"10s\"\n\n[[graphql.rules]]\nfields = [\"repository\"]\nttl = \"30s\"\nstale_if_error = \"1m\"\n";
+        let s = load_toml(ok).unwrap();
+        assert_eq!(s.graphql.rules.len(), 2);
+        assert_eq!(s.graphql.rules[1].stale_if_error, Some(Duration::from_secs(60)));
+        for (toml, key) in [
+            ("[[graphql.rules]]\nttl = \"10s\"\n", "graphql.rules[0].operation"),
+            ("[[graphql.rules]]\noperation = \"A\"\nfields = [\"a\"]\nttl = \"1s\"\n", "graphql.rules[0].operation"),
+            ("[[graphql.rules]]\nfields = []\nttl = \"1s\"\n", "graphql.rules[0].fields"),
+            ("[[graphql.rules]]\noperation = \"A\"\nttl = \"0s\"\n", "graphql.rules[0].ttl"),
+            ("[graphql]\nmax_body_bytes = 0\n", "graphql.max_body_bytes"),
+        ] {
+            assert_eq!(first_key(load_toml(toml)), key, "{toml}");
+        }
+        let missing_ttl = load_toml("[[graphql.rules]]\noperation = \"A\"\n").unwrap_err();
+        assert!(missing_ttl.to_string().contains("ttl"), "{missing_ttl}");
+    }
+
+    #[test]
     fn a_rule_with_a_bad_pattern_is_rejected() {
         let toml = "[[cache.rules]]\npath = \"repos/**/x\"\n";
         let err = load_toml(toml).unwrap_err();
