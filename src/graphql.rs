@@ -519,6 +519,19 @@ mod tests {
         assert!(reader.read(b"not json").is_err(), "refusals are not remembered as operations");
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, reading it answers (an operation or a refusal), never
+        /// panics; GraphQL-ish text built from its own tokens included.
+        #[test]
+        fn reading_any_body_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            query in r#"[{}()\[\]$:!@.,"a-z ]{0,200}"#,
+        ) {
+            let _ = read(&bytes);
+            let _ = read(&body(&query, serde_json::json!({"o": "x"})));
+        }
+    }
+
     #[test]
     fn answers_with_errors_are_recognised() {
         assert!(!has_errors(br#"{"data":{"viewer":{"login":"a"}}}"#));

@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(s.graphql.rules[1].stale_if_error, Some(Duration::from_secs(60)));
         for (toml, key) in [
             ("[[graphql.rules]]\nttl = \"10s\"\n", "graphql.rules[0].operation"),
-            ("[[graphql.rules]]\noperation = \"A\"\nfields = [\"a\"]\nttl = \"1s\"\n", "graphql.rules[0].operation"),
+            (
+                "[[graphql.rules]]\noperation = \"A\"\nfields = [\"a\"]\nttl = \"1s\"\n",
+                "graphql.rules[0].operation",
+            ),
             ("[[graphql.rules]]\nfields = []\nttl = \"1s\"\n", "graphql.rules[0].fields"),
             ("[[graphql.rules]]\noperation = \"A\"\nttl = \"0s\"\n", "graphql.rules[0].ttl"),
             ("[graphql]\nmax_body_bytes = 0\n", "graphql.max_body_bytes"),
