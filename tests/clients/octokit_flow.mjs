@@ -1,7 +1,7 @@
 // An Octokit workflow against ghgate (tests/it/clients.rs runs it): a repository, its README as
 // JSON and raw, every issue through `octokit.paginate` on the repository's body URL (as
-// `octokit.request(repo.issues_url)` users do), a commit status, the rate limit. Prints what
-// it saw as JSON.
+// `octokit.request(repo.issues_url)` users do), a commit status, the rate limit, and one
+// GraphQL query asked twice through `octokit.graphql`. Prints what it saw as JSON.
 import { Octokit } from "@octokit/rest";
 
 const octokit = new Octokit({ auth: process.env.GHGATE_TOKEN, baseUrl: process.env.GHGATE_URL });
@@ -20,6 +20,12 @@ const { data: status } = await octokit.rest.repos.createCommitStatus({
   context: "ci/gate",
 });
 const { data: rate } = await octokit.rest.rateLimit.get();
+const repositoryInfo =
+  "query RepositoryInfo($owner: String!, $name: String!) { repository(owner: $owner, name: $name) { name } }";
+const graphql = [];
+for (let i = 0; i < 2; i++) {
+  graphql.push(await octokit.graphql(repositoryInfo, { owner, name: repo }));
+}
 console.log(
   JSON.stringify({
     full_name: repository.full_name,
@@ -29,5 +35,6 @@ console.log(
     issues: issues.map((issue) => issue.number),
     status: status.state,
     rate_limit: rate,
+    graphql,
   }),
 );

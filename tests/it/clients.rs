@@ -124,7 +124,15 @@ async fn octokit_follows_body_urls_through_the_gateway() {
     }
     let dir = tokio::task::spawn_blocking(octokit_dir).await.unwrap();
     let fake = fake_repository().await;
-    let gw = start_gateway(&fake.url(), |_| {}).await;
+    let gw = start_gateway(&fake.url(), |s| {
+        s.graphql.rules.push(ghgate::config::GraphqlRule {
+            operation: Some("RepositoryInfo".into()),
+            fields: None,
+            ttl: std::time::Duration::from_secs(60),
+            stale_if_error: None,
+        })
+    })
+    .await;
     let url = gw.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -150,6 +158,11 @@ async fn octokit_follows_body_urls_through_the_gateway() {
     assert_eq!(seen["status"], "success");
     let rate_limit = direct(&fake, "/rate_limit").await;
     assert_eq!(seen["rate_limit"]["resources"], rate_limit["resources"]);
+    // `octokit.graphql` posts to {baseUrl}/graphql with its variables; the second ask is a hit.
+    let graphql = &seen["graphql"];
+    assert_eq!(graphql[0]["variables"], serde_json::json!({"owner": "octo", "name": "hello"}), "{graphql}");
+    assert_eq!(graphql[0]["serial"], graphql[1]["serial"], "the second query was answered from the cache");
+    assert_eq!(fake.graphql_requests(), 1);
     let direct_reads = 2.0;
     assert_eq!(
         fake.requests() as f64 - direct_reads,
@@ -230,6 +243,37 @@ async fn gh_api_follows_body_urls_and_pages_through_the_gateway() {
         upstream_requests(&gw).await,
         "a request reached the fake other than through the gateway"
     );
+}
+
+#[tokio::test]
+async fn gh_api_graphql_queries_are_answered_and_cached_through_the_gateway() {
+    if skipped() {
+        return;
+    }
+    let fake = fake_repository().await;
+    let gw = start_gateway(&fake.url(), |s| {
+        s.graphql.rules.push(ghgate::config::GraphqlRule {
+            operation: Some("RepositoryInfo".into()),
+            fields: None,
+            ttl: std::time::Duration::from_secs(60),
+            stale_if_error: None,
+        })
+    })
+    .await;
+    // `gh api graphql` goes to https://HOST/api/graphql (GitHub Enterprise's form); over the
+    // test's plain HTTP, `gh api` POSTs the body as GitHub's GraphQL clients send it.
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("query.json");
+    let query = "query RepositoryInfo($owner: String!, $name: String!) { repository(owner: $owner, name: $name) { name } }";
+    let json = serde_json::json!({"query": query, "variables": {"owner": "octo", "name": "hello"}});
+    std::fs::write(&body, json.to_string()).unwrap();
+    let args = ["{gw}/graphql", "--input", body.to_str().unwrap(), "--jq", ".data"];
+    let first: serde_json::Value = serde_json::from_str(&gh_api(&gw.url, &args).await).unwrap();
+    assert_eq!(first["variables"]["owner"], "octo", "{first}");
+    let second: serde_json::Value = serde_json::from_str(&gh_api(&gw.url, &args).await).unwrap();
+    assert_eq!(first["serial"], second["serial"], "the second query was answered from the cache");
+    assert_eq!(fake.graphql_requests(), 1);
+    assert_eq!(gw.metric("ghgate_graphql_requests_total{kind=\"query\"}").await, 2.0);
 }
 
 /// Runs tests/clients/pygithub_flow.py against the gateway at `url`.
