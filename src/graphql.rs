@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::config::GraphqlRule;
 
 /// GitHub's documentation for GraphQL, named in local error answers.
-pub(crate) const DOCUMENTATION_URL: &str = "https://docs.github.com/graphql";
+pub const DOCUMENTATION_URL: &str = "https://docs.github.com/graphql";
 
 /// Nesting deeper than this is refused (GitHub's own queries nest about ten levels).
 const RECURSION_LIMIT: usize = 128;
@@ -30,7 +30,7 @@ const TOKEN_LIMIT: usize = 100_000;
 
 /// What an operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// Reads: coalesced, and cached where a rule says so.
     Query,
     /// Writes: never coalesced or cached; invalidate what they may change.
@@ -42,7 +42,7 @@ pub(crate) enum Kind {
 /// What an answer may be about: repositories and owners named by the query's top-level
 /// fields, or `Unknown` when a field may reach anything (`viewer`, `search`, `node`, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Mentions {
+pub enum Mentions {
     /// Only these (lower-case, as GitHub names are case-insensitive).
     Known(BTreeSet<Scope>),
     /// The gateway cannot tell.
@@ -51,16 +51,22 @@ pub(crate) enum Mentions {
 
 /// A repository or an owner a GraphQL operation names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Scope {
+pub enum Scope {
     /// `repository(owner: "o", name: "r")`.
-    Repo { owner: String, name: String },
+    Repo {
+        /// The owner's login.
+        owner: String,
+        /// The repository's name.
+        name: String,
+    },
     /// `organization(login: "o")`, `user(login: ...)`, `repositoryOwner(login: ...)`.
     Owner(String),
 }
 
 /// One `POST /graphql` body, understood.
 #[derive(Debug, Clone)]
-pub(crate) struct Operation {
+pub struct Operation {
+    /// Query, mutation or subscription, from the parsed document.
     pub kind: Kind,
     /// The operation's name: `operationName`, or the name the document gives its only
     /// operation.
@@ -76,8 +82,10 @@ pub(crate) struct Operation {
 
 /// A body refused locally, with GitHub's status and message for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
+pub struct Refusal {
+    /// 400 for a body that is not a GraphQL request.
     pub status: StatusCode,
+    /// GitHub's words for it, where GitHub has some.
     pub message: String,
 }
 
@@ -89,7 +97,7 @@ impl Refusal {
 
 /// Reads a `POST /graphql` body: JSON with a `query` string, optional `variables` (an object)
 /// and `operationName`; the document parsed; the operation to run picked.
-pub(crate) fn read(body: &[u8]) -> Result<Operation, Refusal> {
+pub fn read(body: &[u8]) -> Result<Operation, Refusal> {
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
         return Err(Refusal::bad("Problems parsing JSON"));
     };
