@@ -99,6 +99,9 @@ pub struct Metrics {
     /// `ghgate_etag_algorithm_total{result="match"|"mismatch"}`: 200s whose ETag was (not) the
     /// one GitHub's known rule gives (see `cache::etag`).
     pub(crate) etag_algorithm: EtagResults,
+    /// `ghgate_graphql_requests_total{kind}`: `POST /graphql` requests by operation kind
+    /// (`query`, `mutation`, `subscription`), or `refused` (bad input answered locally).
+    pub(crate) graphql_requests: GraphqlRequests,
     /// `ghgate_etag_algorithm_trusted`: 1 while computed validators may cross partitions.
     pub(crate) etag_rule_trusted: Gauge,
     /// `ghgate_stale_if_slow_total`: reads answered from a stale entry because GitHub was slow
@@ -115,6 +118,18 @@ pub struct Metrics {
     pub(crate) app: AppMetrics,
     /// Per-minute history and recent events, for the status page.
     pub(crate) activity: crate::activity::Activity,
+}
+
+/// `ghgate_graphql_requests_total` by kind, registered once (queries are a hot path).
+pub(crate) struct GraphqlRequests {
+    /// `kind="query"`
+    pub(crate) query: Counter,
+    /// `kind="mutation"`
+    pub(crate) mutation: Counter,
+    /// `kind="subscription"`
+    pub(crate) subscription: Counter,
+    /// `kind="refused"`: bad input answered locally.
+    pub(crate) refused: Counter,
 }
 
 /// `ghgate_etag_algorithm_total` by result.
@@ -316,6 +331,20 @@ impl Metrics {
                 Some(Unit::Bytes),
                 "Configured upper bound of the response store.",
             ),
+            graphql_requests: {
+                let kind = |value: &'static str| {
+                    r.register_counter(
+                        &Key::from_parts("ghgate_graphql_requests_total", vec![Label::new("kind", value)]),
+                        &METADATA,
+                    )
+                };
+                GraphqlRequests {
+                    query: kind("query"),
+                    mutation: kind("mutation"),
+                    subscription: kind("subscription"),
+                    refused: kind("refused"),
+                }
+            },
             etag_algorithm: {
                 r.describe_counter(
                     "ghgate_etag_algorithm_total".into(),
@@ -429,12 +458,6 @@ impl Metrics {
     /// `too_large`).
     pub(crate) fn webhook(&self, result: &'static str) -> Counter {
         self.labelled_counter("ghgate_webhooks_total", "result", result)
-    }
-
-    /// `ghgate_graphql_requests_total{kind}`: `POST /graphql` requests by operation kind
-    /// (`query`, `mutation`, `subscription`), or `refused` (bad input answered locally).
-    pub(crate) fn graphql_request(&self, kind: &'static str) -> Counter {
-        self.labelled_counter("ghgate_graphql_requests_total", "kind", kind)
     }
 
     /// `ghgate_graphql_invalidations_total{cause}`: writes (`write`) and webhooks (`webhook`)

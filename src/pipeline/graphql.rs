@@ -90,15 +90,17 @@ impl Gateway {
         let operation = match self.graphql_reader.read(&bytes) {
             Ok(operation) => operation,
             Err(refusal) => {
-                self.metrics.graphql_request("refused").increment(1);
-                warn!(status = refusal.status.as_u16(), reason = %refusal.message, "refused a GraphQL request locally");
+                self.metrics.graphql_requests.refused.increment(1);
+                // Debug-formatted and cut short: the message may quote the client's document.
+                let reason: String = refusal.message.chars().take(200).collect();
+                warn!(status = refusal.status.as_u16(), reason = ?reason, "refused a GraphQL request locally");
                 return (refusal_response(refusal.status, &refusal.message), Outcome::Bypass);
             }
         };
         if operation.kind != Kind::Query {
             return (self.graphql_write(ctx, bytes, url, &operation).await, Outcome::Bypass);
         }
-        self.metrics.graphql_request("query").increment(1);
+        self.metrics.graphql_requests.query.increment(1);
         let key = graphql_key(ctx, &operation);
         let caching = self.graphql_rules.caching_for(&operation);
         let entry = match caching {
@@ -154,7 +156,7 @@ impl Gateway {
     async fn read_graphql_body(&self, ctx: &RequestCtx, body: Body) -> Result<Bytes, Response> {
         let max = self.settings.graphql.max_body_bytes;
         let too_large = || {
-            self.metrics.graphql_request("refused").increment(1);
+            self.metrics.graphql_requests.refused.increment(1);
             warn!(max, "refused a GraphQL request body over graphql.max_body_bytes");
             let message =
                 format!("GraphQL request bodies are limited to {max} bytes (graphql.max_body_bytes)");
@@ -306,8 +308,10 @@ impl Gateway {
         url: url::Url,
         operation: &Operation,
     ) -> Response {
-        let kind = if operation.kind == Kind::Mutation { "mutation" } else { "subscription" };
-        self.metrics.graphql_request(kind).increment(1);
+        let requests = &self.metrics.graphql_requests;
+        let counter =
+            if operation.kind == Kind::Mutation { &requests.mutation } else { &requests.subscription };
+        counter.increment(1);
         let caller = ctx.caller();
         let headers = upstream::request_headers(&ctx.parts.headers);
         let answer =
