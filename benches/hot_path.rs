@@ -124,6 +124,35 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("baseline: copy parsed headers", |b| b.iter(|| black_box(parsed.clone())));
     group.bench_function("copy interned headers", |b| b.iter(|| black_box(interned.clone())));
     group.finish();
+
+    // A GraphQL body (gh pr list's query, 512 bytes): reading it whole (JSON, the document
+    // parsed, operation, mentions, fingerprint) against parsing its JSON alone, and the
+    // SHA-256 a remembered body costs instead (`graphql::Reader`).
+    let body = serde_json::json!({
+        "query": "query PullRequestList($owner: String!, $repo: String!, $limit: Int!, $endCursor: String, $state: [PullRequestState!] = OPEN) {
+  repository(owner: $owner, name: $repo) {
+    pullRequests(states: $state, first: $limit, after: $endCursor, orderBy: {field: CREATED_AT, direction: DESC}) {
+      totalCount
+      nodes { number title state url author { login } headRefName isDraft createdAt }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}",
+        "variables": {"owner": "org", "repo": "r0", "limit": 30},
+    })
+    .to_string()
+    .into_bytes();
+    let mut group = c.benchmark_group("graphql_body");
+    group.bench_function("baseline: parse the JSON", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap()))
+    });
+    group.bench_function("graphql::read (parse, operation, fingerprint)", |b| {
+        b.iter(|| black_box(ghgate::graphql::read(black_box(&body)).unwrap()))
+    });
+    group.bench_function("SHA-256 of the body (a remembered read)", |b| {
+        b.iter(|| black_box(<sha2::Sha256 as sha2::Digest>::digest(black_box(&body))))
+    });
+    group.finish();
 }
 
 criterion_group! {
