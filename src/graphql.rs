@@ -122,13 +122,15 @@ pub fn read(body: &[u8]) -> Result<Operation, Refusal> {
         return Err(Refusal::bad(format!("Parse error: {}", error.message())));
     }
     let document = tree.document();
-    let operations: Vec<cst::OperationDefinition> = document
-        .definitions()
-        .filter_map(|d| match d {
-            cst::Definition::OperationDefinition(op) => Some(op),
-            _ => None,
-        })
-        .collect();
+    let mut operations = Vec::new();
+    let mut fragments = Vec::new();
+    for definition in document.definitions() {
+        match definition {
+            cst::Definition::OperationDefinition(op) => operations.push(op),
+            cst::Definition::FragmentDefinition(fragment) => fragments.push(fragment),
+            _ => {}
+        }
+    }
     let operation = match wanted {
         Some(wanted) => operations
             .iter()
@@ -146,13 +148,6 @@ pub fn read(body: &[u8]) -> Result<Operation, Refusal> {
         _ => Kind::Query,
     };
     let name = wanted.map(str::to_string).or_else(|| operation.name().map(|n| n.text().to_string()));
-    let fragments: Vec<cst::FragmentDefinition> = document
-        .definitions()
-        .filter_map(|d| match d {
-            cst::Definition::FragmentDefinition(f) => Some(f),
-            _ => None,
-        })
-        .collect();
     let mut fields = Vec::new();
     if let Some(selections) = operation.selection_set() {
         top_level_fields(&selections, &fragments, &mut HashSet::new(), &mut fields);

@@ -86,16 +86,17 @@ pub struct Invalidation {
 
 impl Invalidation {
     /// No marks yet; `backend` is used only when other replicas share it, where `replica`
-    /// names this process in its announcements.
+    /// names this process in its announcements; `graphql` says whether (and how long) GraphQL
+    /// answers are cached, which decides the GraphQL marks and how long marks are kept.
     pub fn new(
         settings: &Settings,
         backend: Option<Arc<dyn Store>>,
         replica: &str,
+        graphql: &crate::graphql::Rules,
         negative: Arc<NegativeCache>,
         metrics: Arc<Metrics>,
     ) -> Invalidation {
         warn_of_short_secrets(&settings.webhooks.secrets);
-        let graphql = crate::graphql::Rules::new(&settings.graphql.rules, settings.cache.stale_if_error);
         // A mark must outlive every entry it could make stale.
         let marks_kept = settings.cache.retain_stale.max(graphql.longest_kept()).max(Duration::from_secs(60));
         Invalidation {
@@ -165,8 +166,8 @@ impl Invalidation {
     /// become stale too; all of them when the path names neither.
     pub async fn after_write(&self, partition: &str, path: &str, response_headers: &HeaderMap) {
         let now = SystemTime::now();
+        let path_key = crate::cache::key::path_key(path);
         if self.graphql_cached {
-            let path_key = crate::cache::key::path_key(path);
             let mentions = match webhook::tags_of(&path_key) {
                 (Some(owner), Some(name)) => {
                     Mentions::Known([Scope::Repo { owner: owner.into(), name: name.into() }].into())
@@ -176,7 +177,7 @@ impl Invalidation {
             };
             self.graphql_written(partition, &mentions).await;
         }
-        self.mark_everywhere(crate::cache::key::path_key(path), now).await;
+        self.mark_everywhere(path_key, now).await;
         self.metrics.invalidations.increment(1);
         self.metrics
             .activity

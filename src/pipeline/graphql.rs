@@ -133,21 +133,20 @@ impl Gateway {
             Role::Leader if caching.is_some() => Outcome::Miss,
             Role::Leader => Outcome::Bypass,
         };
-        let failed = |response: Response| match &entry {
-            Some(entry) if entry.within_stale_if_error(SystemTime::now()) => {
-                (self.entry_response(ctx, entry, SystemTime::now()), Outcome::Stale)
+        let answer = flight.await;
+        let stale = entry.as_ref().filter(|e| e.within_stale_if_error(SystemTime::now()));
+        match (answer.as_deref(), stale) {
+            (Ok(Ok(answer)), _) if !answer.status.is_server_error() => {
+                let outcome = if answer.from_replica { Outcome::Coalesced } else { fetched };
+                (self.graphql_response(ctx, answer), outcome)
             }
-            _ => (response, fetched),
-        };
-        match flight.await.as_deref() {
-            Ok(Ok(answer)) if answer.status.is_server_error() => failed(self.graphql_response(ctx, answer)),
-            Ok(Ok(answer)) if answer.from_replica => (self.graphql_response(ctx, answer), Outcome::Coalesced),
-            Ok(Ok(answer)) => (self.graphql_response(ctx, answer), fetched),
-            Ok(Err(error)) => failed(send_error_response(error)),
-            Err(_) => {
-                let response =
-                    github::error_response(StatusCode::BAD_GATEWAY, "ghgate: GraphQL request failed");
-                failed(response)
+            // GitHub failed: the entry, where its stale-if-error window allows.
+            (_, Some(entry)) => (self.entry_response(ctx, entry, SystemTime::now()), Outcome::Stale),
+            (Ok(Ok(answer)), None) => (self.graphql_response(ctx, answer), fetched),
+            (Ok(Err(error)), None) => (send_error_response(error), fetched),
+            (Err(_), None) => {
+                let message = "ghgate: GraphQL request failed";
+                (github::error_response(StatusCode::BAD_GATEWAY, message), fetched)
             }
         }
     }
@@ -190,10 +189,15 @@ impl Gateway {
     ) -> Option<(Arc<CachedResponse>, bool)> {
         // A store failure is a miss; the backend has counted and logged it.
         let entry = self.responses.get(key).await.ok().flatten()?;
-        let partition = ctx.caller().partition.as_str();
-        let stale = self.invalidation.is_marked_stale(&entry)
-            || self.invalidation.graphql_is_stale(partition, &operation.mentions, entry.response_time);
-        Some((entry, !stale))
+        let stands = self.graphql_entry_stands(ctx.caller().partition.as_str(), &operation.mentions, &entry);
+        Some((entry, stands))
+    }
+
+    /// Whether no write, webhook or purge made a partition's entry about `mentions` stale
+    /// since it was fetched.
+    fn graphql_entry_stands(&self, partition: &str, mentions: &Mentions, entry: &CachedResponse) -> bool {
+        !self.invalidation.is_marked_stale(entry)
+            && !self.invalidation.graphql_is_stale(partition, mentions, entry.response_time)
     }
 
     /// One upstream GraphQL request, shared by every identical query that joins it here —
@@ -350,8 +354,7 @@ impl ReplicaWork for GraphqlJob {
         let entry = gateway.responses.get_from_backend(&self.fill.key).await.ok().flatten()?;
         let partition = self.fill.caller.partition.as_str();
         let stands = entry.is_fresh(SystemTime::now())
-            && !gateway.invalidation.is_marked_stale(&entry)
-            && !gateway.invalidation.graphql_is_stale(partition, &self.fill.mentions, entry.response_time);
+            && gateway.graphql_entry_stands(partition, &self.fill.mentions, &entry);
         stands.then(|| {
             let answer = GraphqlAnswer {
                 status: entry.status,

@@ -130,10 +130,13 @@ impl Gateway {
             Arc::clone(&metrics),
         )?;
         let replica = Replica::new();
+        let graphql_rules =
+            crate::graphql::Rules::new(&settings.graphql.rules, settings.cache.stale_if_error);
         let invalidation = Invalidation::new(
             &settings,
             stores.backend.clone(),
             &replica.id,
+            &graphql_rules,
             Arc::clone(&negative),
             Arc::clone(&metrics),
         );
@@ -151,7 +154,7 @@ impl Gateway {
             budgets: Budgets::new(settings.limits.clone(), stores.backend.clone()),
             lanes: Lanes::new(&settings.limits),
             fills: Coalescer::default(),
-            graphql_rules: crate::graphql::Rules::new(&settings.graphql.rules, settings.cache.stale_if_error),
+            graphql_rules,
             graphql_fills: Coalescer::default(),
             graphql_reader: crate::graphql::Reader::new(10_000),
             pioneers: Pioneers::default(),
