@@ -117,6 +117,16 @@ async fn direct(fake: &FakeGitHub, path: &str) -> serde_json::Value {
     serde_json::from_str(&r.text().await.unwrap()).unwrap()
 }
 
+/// A GraphQL rule caching the `RepositoryInfo` query the client workflows send.
+fn cache_repository_info(s: &mut ghgate::config::Settings) {
+    s.graphql.rules.push(ghgate::config::GraphqlRule {
+        operation: Some("RepositoryInfo".into()),
+        fields: None,
+        ttl: std::time::Duration::from_secs(60),
+        stale_if_error: None,
+    })
+}
+
 #[tokio::test]
 async fn octokit_follows_body_urls_through_the_gateway() {
     if skipped() {
@@ -124,15 +134,7 @@ async fn octokit_follows_body_urls_through_the_gateway() {
     }
     let dir = tokio::task::spawn_blocking(octokit_dir).await.unwrap();
     let fake = fake_repository().await;
-    let gw = start_gateway(&fake.url(), |s| {
-        s.graphql.rules.push(ghgate::config::GraphqlRule {
-            operation: Some("RepositoryInfo".into()),
-            fields: None,
-            ttl: std::time::Duration::from_secs(60),
-            stale_if_error: None,
-        })
-    })
-    .await;
+    let gw = start_gateway(&fake.url(), cache_repository_info).await;
     let url = gw.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -251,15 +253,7 @@ async fn gh_api_graphql_queries_are_answered_and_cached_through_the_gateway() {
         return;
     }
     let fake = fake_repository().await;
-    let gw = start_gateway(&fake.url(), |s| {
-        s.graphql.rules.push(ghgate::config::GraphqlRule {
-            operation: Some("RepositoryInfo".into()),
-            fields: None,
-            ttl: std::time::Duration::from_secs(60),
-            stale_if_error: None,
-        })
-    })
-    .await;
+    let gw = start_gateway(&fake.url(), cache_repository_info).await;
     // `gh api graphql` goes to https://HOST/api/graphql (GitHub Enterprise's form); over the
     // test's plain HTTP, `gh api` POSTs the body as GitHub's GraphQL clients send it.
     let dir = tempfile::tempdir().unwrap();

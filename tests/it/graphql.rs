@@ -47,6 +47,19 @@ fn repo_query(owner: &str, name: &str) -> String {
     serde_json::json!({"query": REPO_QUERY, "variables": {"owner": owner, "name": name}}).to_string()
 }
 
+/// A mutation that names no repository (only a node ID), as most mutations do.
+const ADD_STAR: &str =
+    r#"{"query": "mutation { addStar(input: {starrableId: \"R_1\"}) { clientMutationId } }"}"#;
+
+/// A REST write (`{}` as the body) through `gw` as `token`; whether GitHub accepted it.
+async fn rest_write(gw: &TestGateway, method: reqwest::Method, path: &str, token: &str) -> bool {
+    let r = gw
+        .client
+        .request(method, format!("{}{path}", gw.url))
+        .header("authorization", format!("token {token}"));
+    r.body("{}").send().await.unwrap().status().is_success()
+}
+
 /// A query for `owner/name` as `token`: (outcome, the fake's serial number of the answer).
 async fn ask(gw: &TestGateway, token: &str, owner: &str, name: &str) -> (String, u64) {
     let r = post(gw, token, repo_query(owner, name)).await;
@@ -159,8 +172,7 @@ async fn mutations_are_never_coalesced() {
     let fake = FakeGitHub::start().await;
     fake.set_delay(Duration::from_millis(200));
     let gw = start_gateway(&fake.url(), |_| {}).await;
-    let mutation = serde_json::json!({"query": "mutation { addStar(input: {starrableId: \"R_1\"}) { clientMutationId } }"});
-    let sends = (0..5).map(|_| post(&gw, "t", mutation.to_string()));
+    let sends = (0..5).map(|_| post(&gw, "t", ADD_STAR.into()));
     let answers = futures::future::join_all(sends).await;
     assert!(answers.iter().all(|r| r.status() == 200 && outcome(r) == "BYPASS"));
     assert_eq!(fake.graphql_requests(), 5, "every mutation reaches GitHub");
@@ -302,22 +314,13 @@ async fn a_write_makes_the_writers_cached_answers_about_its_repository_stale() {
         assert_eq!(ask(&gw, token, "o", name).await.0, "MISS");
     }
     // A REST write by t to o/a.
-    let patch = gw
-        .client
-        .patch(format!("{}/repos/O/a/issues/1", gw.url))
-        .header("authorization", "token t")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert!(patch.status().is_success());
+    assert!(rest_write(&gw, reqwest::Method::PATCH, "/repos/O/a/issues/1", "t").await);
     assert_eq!(ask(&gw, "t", "o", "a").await.0, "MISS", "t wrote to o/a");
     assert_eq!(ask(&gw, "t", "o", "b").await.0, "HIT", "o/b was not written");
     assert_eq!(ask(&gw, "u", "o", "a").await.0, "HIT", "u did not write");
 
     // A mutation that names no repository: all of t's GraphQL answers.
-    let mutation = serde_json::json!({"query": "mutation { addStar(input: {starrableId: \"R_1\"}) { clientMutationId } }"});
-    assert_eq!(post(&gw, "t", mutation.to_string()).await.status(), 200);
+    assert_eq!(post(&gw, "t", ADD_STAR.into()).await.status(), 200);
     assert_eq!(ask(&gw, "t", "o", "a").await.0, "MISS");
     assert_eq!(ask(&gw, "t", "o", "b").await.0, "MISS");
     assert_eq!(ask(&gw, "u", "o", "a").await.0, "HIT");
@@ -327,15 +330,7 @@ async fn a_write_makes_the_writers_cached_answers_about_its_repository_stale() {
         serde_json::json!({"query": "query($n: String) { repository(owner: \"x\", name: $n) { id } }"});
     assert_eq!(outcome(&post(&gw, "u", unknown.to_string()).await), "MISS");
     assert_eq!(outcome(&post(&gw, "u", unknown.to_string()).await), "HIT");
-    let elsewhere = gw
-        .client
-        .post(format!("{}/repos/z/z/issues", gw.url))
-        .header("authorization", "token u")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert!(elsewhere.status().is_success());
+    assert!(rest_write(&gw, reqwest::Method::POST, "/repos/z/z/issues", "u").await);
     assert_eq!(outcome(&post(&gw, "u", unknown.to_string()).await), "MISS");
     assert_eq!(ask(&gw, "u", "o", "a").await.0, "HIT", "u's answer about o/a stands");
     assert_eq!(gw.metric("ghgate_graphql_invalidations_total{cause=\"write\"}").await, 3.0);
@@ -433,22 +428,13 @@ async fn writes_through_one_replica_make_the_others_cached_graphql_answers_stale
     ask(&a, "t", "o", "a").await;
     ask(&a, "t", "o", "b").await;
     assert_eq!(ask(&b, "t", "o", "a").await.0, "HIT", "B holds A's answer in its memory tier now");
-    let patch = b
-        .client
-        .patch(format!("{}/repos/o/a", b.url))
-        .header("authorization", "token t")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert!(patch.status().is_success());
+    assert!(rest_write(&b, reqwest::Method::PATCH, "/repos/o/a", "t").await);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(ask(&a, "t", "o", "a").await.0, "MISS", "A follows B's mark");
     assert_eq!(ask(&a, "t", "o", "b").await.0, "HIT");
 
     ask(&b, "t", "o", "b").await;
-    let mutation = serde_json::json!({"query": "mutation { addStar(input: {starrableId: \"R_1\"}) { clientMutationId } }"});
-    assert_eq!(post(&a, "t", mutation.to_string()).await.status(), 200);
+    assert_eq!(post(&a, "t", ADD_STAR.into()).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(ask(&b, "t", "o", "b").await.0, "MISS", "B follows A's mutation");
 }
